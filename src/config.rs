@@ -1,0 +1,541 @@
+//! The daemon's configuration: one TOML file, every key optional with a documented default
+//! (`config/camstream.toml`), plus `--set key=value` overrides from the command line.
+//!
+//! Errors name the key and, for the file, the line: a typo in a camera appliance's config must not
+//! turn into a silently ignored setting.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// An integer that must lie in `MIN..=MAX`; checked while deserialising so that the TOML error
+/// carries the line of the offending value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Ranged<const MIN: i64, const MAX: i64>(i64);
+
+impl<const MIN: i64, const MAX: i64> Ranged<MIN, MAX> {
+    pub const fn new_const(v: i64) -> Self {
+        assert!(v >= MIN && v <= MAX);
+        Self(v)
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+    pub fn u32(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> TryFrom<i64> for Ranged<MIN, MAX> {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if (MIN..=MAX).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("must be between {MIN} and {MAX}, got {v}"))
+        }
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> From<Ranged<MIN, MAX>> for i64 {
+    fn from(v: Ranged<MIN, MAX>) -> i64 {
+        v.0
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> fmt::Display for Ranged<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A string restricted to characters that are safe in ids, file names and URL paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Ident {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!("must be 1 to 64 characters, got {}", s.len()));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "may only hold letters, digits, '-' and '_', found {c:?}"
+            ));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl From<Ident> for String {
+    fn from(v: Ident) -> String {
+        v.0
+    }
+}
+
+/// An RTSP mount path such as `/live`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MountPath(String);
+
+impl MountPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MountPath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.starts_with('/')
+            && s.len() > 1
+            && s.len() <= 128
+            && !s.ends_with('/')
+            && !s.contains("//")
+            && s[1..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '/' || c == '.');
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!(
+                "must look like \"/live\" (a '/' then letters, digits, '-', '_', '.', '/'), got {s:?}"
+            ))
+        }
+    }
+}
+
+impl From<MountPath> for String {
+    fn from(v: MountPath) -> String {
+        v.0
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub camera: CameraConfig,
+    pub encoder: EncoderConfig,
+    pub rtsp: RtspConfig,
+    pub display: DisplayConfig,
+    pub pipeline: PipelineConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    pub id: Ident,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            id: Ident("camstream".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    V4l2,
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraFormat {
+    Mjpeg,
+    Yuyv,
+    Nv12,
+    H264,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    pub source: SourceKind,
+    pub device: String,
+    pub width: Ranged<16, 7680>,
+    pub height: Ranged<16, 4320>,
+    pub fps: Ranged<1, 240>,
+    pub formats: Vec<CameraFormat>,
+    pub h264_passthrough: bool,
+    pub test_pattern: String,
+    pub clock_overlay: bool,
+    pub restart_max_seconds: Ranged<1, 3600>,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::V4l2,
+            device: "/dev/video0".into(),
+            width: Ranged(1280),
+            height: Ranged(720),
+            fps: Ranged(30),
+            formats: vec![CameraFormat::Mjpeg, CameraFormat::Yuyv, CameraFormat::Nv12],
+            h264_passthrough: false,
+            test_pattern: "ball".into(),
+            clock_overlay: true,
+            restart_max_seconds: Ranged(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum H264Profile {
+    ConstrainedBaseline,
+    Baseline,
+    Main,
+    High,
+}
+
+impl H264Profile {
+    pub fn caps_name(self) -> &'static str {
+        match self {
+            Self::ConstrainedBaseline => "constrained-baseline",
+            Self::Baseline => "baseline",
+            Self::Main => "main",
+            Self::High => "high",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// "auto" or a GStreamer element name such as "x264enc".
+    pub name: String,
+    pub bitrate_kbps: Ranged<64, 100_000>,
+    pub keyframe_interval_ms: Ranged<100, 60_000>,
+    pub profile: H264Profile,
+    pub low_latency: bool,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            name: "auto".into(),
+            bitrate_kbps: Ranged(2500),
+            keyframe_interval_ms: Ranged(1000),
+            profile: H264Profile::ConstrainedBaseline,
+            low_latency: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspConfig {
+    pub enabled: bool,
+    pub bind: std::net::IpAddr,
+    pub port: Ranged<1, 65535>,
+    pub mount: MountPath,
+    pub transports: Vec<RtspTransport>,
+    pub user: String,
+    pub password: String,
+    pub max_clients: Ranged<0, 1000>,
+    pub queue_buffers: Ranged<1, 1000>,
+}
+
+impl Default for RtspConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            port: Ranged(8554),
+            mount: MountPath("/live".into()),
+            transports: vec![RtspTransport::Tcp, RtspTransport::Udp],
+            user: String::new(),
+            password: String::new(),
+            max_clients: Ranged(32),
+            queue_buffers: Ranged(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplaySink {
+    Auto,
+    Kms,
+    Window,
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    pub sink: DisplaySink,
+    /// DRM connector id for kmssink; -1 lets kmssink pick the first connected one.
+    pub connector: Ranged<-1, 1000>,
+    pub retry_max_seconds: Ranged<1, 3600>,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        Self {
+            sink: DisplaySink::Auto,
+            connector: Ranged(-1),
+            retry_max_seconds: Ranged(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// "auto" (matched against the board's device-tree model) or a profile name such as "rpi4".
+    pub profile: String,
+    /// Extra directory searched for profiles before the built-in ones.
+    pub profiles_dir: String,
+    pub shutdown_timeout_ms: Ranged<100, 60_000>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            profile: "auto".into(),
+            profiles_dir: "/etc/camstream/pipelines".into(),
+            shutdown_timeout_ms: Ranged(5000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Formats a deserialisation error as `FILE:LINE: key `a.b`: message`.
+fn describe(origin: &str, text: &str, path: &str, err: &toml::de::Error) -> String {
+    let location = match err.span() {
+        _ if origin.is_empty() => String::new(),
+        Some(span) => format!("{origin}:{}: ", line_of(text, span.start)),
+        None => format!("{origin}: "),
+    };
+    let message = err.message().trim();
+    // An unknown key is reported by serde against its table; name the key itself.
+    let key = match message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        Some(field) if path.is_empty() || path == "?" => field.to_string(),
+        Some(field) => format!("{}.{field}", path.trim_end_matches(".?")),
+        None => path.to_string(),
+    };
+    if key.is_empty() {
+        format!("{location}{message}")
+    } else {
+        format!("{location}key `{key}`: {message}")
+    }
+}
+
+fn from_toml_text(origin: &str, text: &str) -> Result<Config> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow!(describe(origin, text, &path, e.inner()))
+    })
+}
+
+/// Splits `a.b=value` and parses the value as TOML, falling back to a plain string so that
+/// `--set device.id=cam01` needs no quoting.
+fn parse_override(arg: &str) -> Result<(Vec<String>, toml::Value)> {
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set {arg:?}: expected KEY=VALUE, e.g. rtsp.port=9554"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        bail!("--set {arg:?}: bad key {key:?}");
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    };
+    Ok((key.split('.').map(String::from).collect(), value))
+}
+
+fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = path.split_last().expect("non-empty key path");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("`{p}` is not a table"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Parses a config document; `origin` names it in errors.
+    pub fn from_str_with_origin(origin: &str, text: &str) -> Result<Self> {
+        let cfg = from_toml_text(origin, text)?;
+        cfg.check().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Loads `path` (which must exist) and applies `--set` overrides in order.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let origin = path.display().to_string();
+        // The file alone first, so its errors carry its own line numbers.
+        let mut cfg = Self::from_str_with_origin(&origin, &text)?;
+        if overrides.is_empty() {
+            return Ok(cfg);
+        }
+        let mut table: toml::Table = toml::from_str(&text).expect("parsed above");
+        for arg in overrides {
+            let (path, value) = parse_override(arg)?;
+            apply_override(&mut table, &path, value).map_err(|e| anyhow!("--set {arg:?}: {e}"))?;
+            let merged = toml::to_string(&table)?;
+            cfg = from_toml_text("", &merged).map_err(|e| anyhow!("--set {arg:?}: {e}"))?;
+        }
+        cfg.check()
+            .map_err(|e| anyhow!("after --set overrides: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Cross-key rules that a single value's type cannot express.
+    fn check(&self) -> Result<()> {
+        if self.rtsp.enabled && self.rtsp.transports.is_empty() {
+            bail!("key `rtsp.transports`: must list at least one of \"tcp\", \"udp\"");
+        }
+        if self.rtsp.user.is_empty() != self.rtsp.password.is_empty() {
+            bail!("keys `rtsp.user` and `rtsp.password`: set both or neither");
+        }
+        if self.camera.formats.is_empty() {
+            bail!("key `camera.formats`: must list at least one format");
+        }
+        if self.camera.width.get() % 2 != 0 || self.camera.height.get() % 2 != 0 {
+            bail!("keys `camera.width`/`camera.height`: must be even for 4:2:0 video");
+        }
+        let name = self.encoder.name.as_str();
+        if name != "auto"
+            && !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!("key `encoder.name`: must be \"auto\" or an element name, got {name:?}");
+        }
+        Ok(())
+    }
+
+    /// Frames between keyframes at the configured frame rate, at least 1.
+    pub fn keyframe_frames(&self) -> u32 {
+        let frames = (self.encoder.keyframe_interval_ms.get() * self.camera.fps.get() + 999) / 1000;
+        frames.max(1) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_is_all_defaults() {
+        let c = Config::from_str_with_origin("t", "").unwrap();
+        assert_eq!(c.rtsp.port.get(), 8554);
+        assert_eq!(c.rtsp.mount.as_str(), "/live");
+        assert_eq!(c.keyframe_frames(), 30);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = Config::from_str_with_origin("f.toml", "[rtsp]\nport = 1\nbogus = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml:3: key `rtsp.bogus`"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_line() {
+        let e = Config::from_str_with_origin("f.toml", "\n[rtsp]\nport = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml:3: key `rtsp.port`"), "{e}");
+        assert!(e.contains("between 1 and 65535"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_choices() {
+        let e = Config::from_str_with_origin("f.toml", "[camera]\nsource = \"usb\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml:2: key `camera.source`"), "{e}");
+        assert!(e.contains("v4l2"), "{e}");
+    }
+
+    #[test]
+    fn override_parses_typed_and_bare_values() {
+        let dir = std::env::temp_dir().join(format!("camstream-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[rtsp]\nport = 8554\n").unwrap();
+        let c = Config::load(&f, &["rtsp.port=9554".into(), "device.id=cam-01".into()]).unwrap();
+        assert_eq!(c.rtsp.port.get(), 9554);
+        assert_eq!(c.device.id.as_str(), "cam-01");
+        let e = Config::load(&f, &["rtsp.port=nope".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rtsp.port"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,422 @@
+//! The running device: one pipeline, its bus, its branches and their recovery.
+//!
+//! Everything here runs on the main-loop thread (bus watch, signal sources, timers, the RTSP
+//! server's clients), so the state is a plain `RefCell`; streaming threads only ever hand work
+//! over through `glib::idle_add_once`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gst::prelude::*;
+
+use crate::branch::{self, Branch};
+use crate::config::Config;
+use crate::plan::{self, SourceOutput};
+use crate::profile::Profiles;
+use crate::rtsp::RtspServer;
+
+/// Exponential backoff: 1 s, 2 s, 4 s… capped; reset after a run that lasted a while.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+    started: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(max_seconds: i64) -> Self {
+        Self {
+            next: Duration::from_secs(1),
+            max: Duration::from_secs(max_seconds.max(1) as u64),
+            started: None,
+        }
+    }
+    fn started(&mut self) {
+        self.started = Some(Instant::now());
+    }
+    /// The delay before the next attempt.
+    fn failed(&mut self) -> Duration {
+        if self
+            .started
+            .take()
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
+        {
+            self.next = Duration::from_secs(1);
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+struct State {
+    cfg: Config,
+    profiles: Profiles,
+    pipeline: gst::Pipeline,
+    raw_tee: gst::Element,
+    enc_tee: gst::Element,
+    raw_format: String,
+    source: Option<gst::Bin>,
+    source_backoff: Backoff,
+    display: Option<Branch>,
+    display_description: Option<String>,
+    display_backoff: Backoff,
+    rtsp: Option<RtspServer>,
+    main_loop: glib::MainLoop,
+    exit_code: i32,
+    stopping: bool,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+fn make(factory: &str, name: &str) -> Result<gst::Element> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|_| anyhow!("GStreamer element {factory} is not installed"))
+}
+
+/// Builds the fixed part of the graph: tees and, unless the camera's H.264 is passed through,
+/// the one encoder between them.
+fn build_core(
+    cfg: &Config,
+    profiles: &Profiles,
+    passthrough: bool,
+) -> Result<(gst::Pipeline, gst::Element, gst::Element, String)> {
+    let pipeline = gst::Pipeline::with_name("camstream");
+    let raw_tee = make("tee", "raw")?;
+    let enc_tee = make("tee", "enc")?;
+    for t in [&raw_tee, &enc_tee] {
+        t.set_property("allow-not-linked", true);
+    }
+    pipeline.add_many([&raw_tee, &enc_tee])?;
+    let raw_format;
+    if passthrough {
+        raw_format = "I420".to_string();
+        let dec = plan::first_usable(&profiles.board.h264_decoders)
+            .ok_or_else(|| anyhow!("no usable H.264 decoder for the display"))?;
+        let bin = branch::bin_from_description(
+            "decode",
+            &format!("queue max-size-buffers=5 max-size-bytes=0 max-size-time=0 leaky=downstream ! {dec} ! videoconvert"),
+        )?;
+        pipeline.add(&bin)?;
+        gst::Element::link_many([&enc_tee, bin.upcast_ref(), &raw_tee])?;
+    } else {
+        let enc = plan::plan_encoder(cfg, profiles)?;
+        for s in &enc.skipped {
+            log::warn!("encoder {}: property skipped: {s}", enc.element);
+        }
+        log::info!("encoder: {}", enc.element);
+        raw_format = profiles.encoder_input_format(&enc.element).to_string();
+        let bin = branch::bin_from_description("encode", &enc.description)?;
+        pipeline.add(&bin)?;
+        gst::Element::link_many([&raw_tee, bin.upcast_ref(), &enc_tee])?;
+    }
+    Ok((pipeline, raw_tee, enc_tee, raw_format))
+}
+
+fn wants_passthrough(cfg: &Config, profiles: &Profiles) -> bool {
+    cfg.camera.h264_passthrough
+        && cfg.camera.source == crate::config::SourceKind::V4l2
+        && plan::plan_source(cfg, profiles, "I420")
+            .map(|s| s.output == SourceOutput::H264)
+            .unwrap_or(false)
+}
+
+/// Builds and links a new source. Main-loop thread.
+fn start_source(st: &Shared) -> Result<()> {
+    let (cfg, profiles, pipeline, raw_format) = {
+        let s = st.borrow();
+        (
+            s.cfg.clone(),
+            s.profiles.clone(),
+            s.pipeline.clone(),
+            s.raw_format.clone(),
+        )
+    };
+    let plan = plan::plan_source(&cfg, &profiles, &raw_format)?;
+    let bin = branch::bin_from_description("source", &plan.description)?;
+    let target = match plan.output {
+        SourceOutput::Raw => st.borrow().raw_tee.clone(),
+        SourceOutput::H264 => st.borrow().enc_tee.clone(),
+    };
+    pipeline.add(&bin)?;
+    if let Err(e) = bin.link(&target) {
+        let _ = pipeline.remove(&bin);
+        bail!("cannot link source: {e}");
+    }
+    st.borrow_mut().source = Some(bin.clone());
+    if bin.sync_state_with_parent().is_err() {
+        stop_source(st);
+        bail!("source failed to start ({})", plan.note);
+    }
+    st.borrow_mut().source_backoff.started();
+    log::info!("source: {}", plan.note);
+    Ok(())
+}
+
+fn stop_source(st: &Shared) {
+    let (bin, pipeline) = {
+        let mut s = st.borrow_mut();
+        (s.source.take(), s.pipeline.clone())
+    };
+    if let Some(bin) = bin {
+        if let Some(peer) = bin.static_pad("src").and_then(|p| p.peer()) {
+            if let Some(src) = bin.static_pad("src") {
+                let _ = src.unlink(&peer);
+            }
+        }
+        let _ = bin.set_state(gst::State::Null);
+        let _ = pipeline.remove(&bin);
+    }
+}
+
+/// Tries to (re)start the source now, or later with backoff.
+fn try_source(st: &Shared) {
+    if st.borrow().stopping {
+        return;
+    }
+    if let Err(e) = start_source(st) {
+        let delay = st.borrow_mut().source_backoff.failed();
+        log::error!("source: {e:#}; retrying in {} s", delay.as_secs());
+        let st = st.clone();
+        glib::timeout_add_local_once(delay, move || try_source(&st));
+    }
+}
+
+fn try_display(st: &Shared) {
+    let (desc, pipeline, tee) = {
+        let s = st.borrow();
+        if s.stopping || s.display.is_some() {
+            return;
+        }
+        let Some(d) = s.display_description.clone() else {
+            return;
+        };
+        (d, s.pipeline.clone(), s.raw_tee.clone())
+    };
+    let result = branch::bin_from_description("display", &desc)
+        .and_then(|bin| branch::attach(&pipeline, &tee, bin, false));
+    match result {
+        Ok(b) => {
+            log::info!("display: attached");
+            let mut s = st.borrow_mut();
+            s.display = Some(b);
+            s.display_backoff.started();
+        }
+        Err(e) => retry_display(st, &format!("{e:#}")),
+    }
+}
+
+fn retry_display(st: &Shared, why: &str) {
+    let delay = st.borrow_mut().display_backoff.failed();
+    log::warn!(
+        "display: {why}; other branches go on, retrying in {} s",
+        delay.as_secs()
+    );
+    let st = st.clone();
+    glib::timeout_add_local_once(delay, move || try_display(&st));
+}
+
+/// Which part of the graph a bus message came from.
+enum Origin {
+    Source,
+    Display,
+    Rtsp,
+    Core,
+}
+
+fn origin_of(st: &State, obj: &gst::Object) -> Origin {
+    if st.source.as_ref().is_some_and(|b| branch::contains(b, obj)) {
+        Origin::Source
+    } else if st
+        .display
+        .as_ref()
+        .is_some_and(|b| branch::contains(&b.bin, obj))
+        || obj.name().starts_with("display")
+        || obj.has_as_ancestor_with_name("display")
+    {
+        Origin::Display
+    } else if st.rtsp.as_ref().is_some_and(|r| r.owns(obj)) {
+        Origin::Rtsp
+    } else {
+        Origin::Core
+    }
+}
+
+trait AncestorByName {
+    fn has_as_ancestor_with_name(&self, name: &str) -> bool;
+}
+
+impl AncestorByName for gst::Object {
+    fn has_as_ancestor_with_name(&self, name: &str) -> bool {
+        let mut cur = self.parent();
+        while let Some(p) = cur {
+            if p.name() == name {
+                return true;
+            }
+            cur = p.parent();
+        }
+        false
+    }
+}
+
+fn on_error(st: &Shared, msg: &gst::message::Error) {
+    let Some(src) = msg.src() else { return };
+    let text = format!(
+        "{} ({})",
+        msg.error(),
+        msg.debug().map(|d| d.to_string()).unwrap_or_default()
+    );
+    let origin = origin_of(&st.borrow(), src);
+    match origin {
+        Origin::Source => {
+            stop_source(st);
+            let delay = st.borrow_mut().source_backoff.failed();
+            log::error!(
+                "source: {} from {}; restarting in {} s while RTSP stays up",
+                text,
+                src.name(),
+                delay.as_secs()
+            );
+            let st2 = st.clone();
+            glib::timeout_add_local_once(delay, move || try_source(&st2));
+        }
+        Origin::Display => {
+            let b = st.borrow_mut().display.take();
+            if let Some(b) = b {
+                let (p, t) = {
+                    let s = st.borrow();
+                    (s.pipeline.clone(), s.raw_tee.clone())
+                };
+                branch::detach(&p, &t, b);
+                retry_display(st, &format!("{} failed: {text}", src.name()));
+            }
+        }
+        Origin::Rtsp => log::warn!("RTSP branch {}: {text}", src.name()),
+        Origin::Core => {
+            log::error!("{}: {text}: cannot recover, stopping", src.name());
+            let mut s = st.borrow_mut();
+            s.exit_code = 1;
+            s.main_loop.quit();
+        }
+    }
+}
+
+/// SIGINT/SIGTERM: EOS through the graph so every sink finalises, then stop; a second signal or
+/// the timeout stops at once.
+fn shutdown(st: &Shared) {
+    let (pipeline, already, timeout) = {
+        let mut s = st.borrow_mut();
+        let already = s.stopping;
+        s.stopping = true;
+        (
+            s.pipeline.clone(),
+            already,
+            s.cfg.pipeline.shutdown_timeout_ms.get() as u64,
+        )
+    };
+    if already {
+        log::warn!("second stop request: stopping now");
+        st.borrow().main_loop.quit();
+        return;
+    }
+    let has_sinks = pipeline.iterate_sinks().into_iter().any(|_| true);
+    if !has_sinks || st.borrow().source.is_none() {
+        st.borrow().main_loop.quit();
+        return;
+    }
+    log::info!("stopping: sending end-of-stream through the graph");
+    pipeline.send_event(gst::event::Eos::new());
+    let st = st.clone();
+    glib::timeout_add_local_once(Duration::from_millis(timeout), move || {
+        log::warn!("end-of-stream did not reach every sink in {timeout} ms; stopping anyway");
+        st.borrow().main_loop.quit();
+    });
+}
+
+/// Runs the device until a stop signal or an unrecoverable error; returns the exit code.
+pub fn run(cfg: Config) -> Result<i32> {
+    gst::init().context("cannot initialise GStreamer")?;
+    let profiles = Profiles::load(&cfg)?;
+    log::info!(
+        "board profile {} ({})",
+        profiles.board.name,
+        profiles.board.description
+    );
+    let passthrough = wants_passthrough(&cfg, &profiles);
+    let (pipeline, raw_tee, enc_tee, raw_format) = build_core(&cfg, &profiles, passthrough)?;
+    let display_description = plan::plan_display(&cfg, &profiles);
+    if display_description.is_none() {
+        log::info!("display: none ({:?})", cfg.display.sink);
+    }
+    let main_loop = glib::MainLoop::new(None, false);
+    let st: Shared = Rc::new(RefCell::new(State {
+        source_backoff: Backoff::new(cfg.camera.restart_max_seconds.get()),
+        display_backoff: Backoff::new(cfg.display.retry_max_seconds.get()),
+        cfg: cfg.clone(),
+        profiles,
+        pipeline: pipeline.clone(),
+        raw_tee,
+        enc_tee: enc_tee.clone(),
+        raw_format,
+        source: None,
+        display: None,
+        display_description,
+        rtsp: None,
+        main_loop: main_loop.clone(),
+        exit_code: 0,
+        stopping: false,
+    }));
+
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| anyhow!("pipeline has no bus"))?;
+    let st_bus = st.clone();
+    let _watch = bus.add_watch_local(move |_, msg| {
+        use gst::MessageView;
+        match msg.view() {
+            MessageView::Error(e) => on_error(&st_bus, e),
+            MessageView::Warning(w) => log::warn!(
+                "{}: {}",
+                w.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                w.error()
+            ),
+            MessageView::Eos(_) => {
+                log::info!("end-of-stream reached every sink");
+                st_bus.borrow().main_loop.quit();
+            }
+            _ => {}
+        }
+        glib::ControlFlow::Continue
+    })?;
+
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| anyhow!("the pipeline refused to start"))?;
+    try_source(&st);
+
+    if cfg.rtsp.enabled {
+        let server = RtspServer::start(&cfg.rtsp, &pipeline, &enc_tee)?;
+        log::info!("RTSP server ready at {}", server.url);
+        println!("RTSP: {}", server.url);
+        st.borrow_mut().rtsp = Some(server);
+    }
+    try_display(&st);
+
+    for sig in [nix::libc::SIGINT, nix::libc::SIGTERM] {
+        let st = st.clone();
+        glib::unix_signal_add_local(sig, move || {
+            shutdown(&st);
+            glib::ControlFlow::Continue
+        });
+    }
+
+    main_loop.run();
+    let _ = pipeline.set_state(gst::State::Null);
+    let code = st.borrow().exit_code;
+    st.borrow_mut().rtsp = None;
+    log::info!("stopped (exit code {code})");
+    Ok(code)
+}

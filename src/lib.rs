@@ -1,0 +1,13 @@
+//! camstream: a camera-streaming daemon for Linux single-board computers.
+//!
+//! One GStreamer graph: camera → raw tee → display; raw tee → one H.264 encode → encoded tee →
+//! RTSP server (and, in later parts, recording and uplink).
+
+pub mod branch;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod plan;
+pub mod probe;
+pub mod profile;
+pub mod rtsp;

@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use camstream::config::Config;
+use camstream::{daemon, logging, plan, probe, profile::Profiles};
+
+#[derive(Parser)]
+#[command(
+    name = "camstream",
+    version,
+    about = "Camera streaming daemon: one GStreamer graph for display, recording, RTSP and uplink"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short, default_value = "/etc/camstream/camstream.toml")]
+    config: PathBuf,
+    /// Override a key, e.g. --set rtsp.port=9554 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the device.
+    Run(ConfigArgs),
+    /// Check a configuration file and exit.
+    CheckConfig(ConfigArgs),
+    /// Show cameras, usable H.264 encoders and the display.
+    Probe(ConfigArgs),
+    /// Print the graph the config would build, in gst-launch syntax.
+    Graph(ConfigArgs),
+}
+
+fn load(args: &ConfigArgs) -> Result<Config> {
+    Config::load(&args.config, &args.set)
+}
+
+fn real_main() -> Result<u8> {
+    let cli = Cli::parse();
+    logging::init(log::LevelFilter::Info);
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = load(&args)?;
+            logging::init(logging::level_filter(cfg.log.level));
+            let code = daemon::run(cfg)?;
+            Ok(code as u8)
+        }
+        Command::CheckConfig(args) => {
+            load(&args)?;
+            println!("{}: OK", args.config.display());
+            Ok(0)
+        }
+        Command::Probe(args) => {
+            // The probe works without a config file: defaults then.
+            let cfg = if args.config.exists() {
+                load(&args)?
+            } else {
+                Config::default()
+            };
+            gst::init().context("cannot initialise GStreamer")?;
+            probe::run(&Profiles::load(&cfg)?)?;
+            Ok(0)
+        }
+        Command::Graph(args) => {
+            let cfg = load(&args)?;
+            gst::init().context("cannot initialise GStreamer")?;
+            print!("{}", plan::describe_graph(&cfg, &Profiles::load(&cfg)?)?);
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("camstream: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Turns the config and the board profile into gst-launch descriptions of each part of the graph.
+//! The daemon builds exactly these descriptions, and `camstream graph` prints them, so what a
+//! user reads is what runs.
+
+use anyhow::{anyhow, bail, Result};
+use gst::prelude::*;
+
+use crate::config::{CameraFormat, Config, DisplaySink, SourceKind};
+use crate::profile::{Profiles, Properties};
+
+/// What the source part of the graph produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceOutput {
+    /// Raw video in the encoder's input format, for the raw tee.
+    Raw,
+    /// The camera's own H.264 (byte-stream, AU aligned), for the encoded tee: no re-encode.
+    H264,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourcePlan {
+    pub description: String,
+    pub output: SourceOutput,
+    /// What was chosen and why, for logs and `graph`.
+    pub note: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncoderPlan {
+    pub element: String,
+    /// `queue ! encoder ! caps ! h264parse ! caps`, from raw tee to encoded tee.
+    pub description: String,
+    pub skipped: Vec<String>,
+}
+
+/// Caps every consumer of the encoded tee can rely on.
+pub const ENCODED_CAPS: &str = "video/x-h264,stream-format=byte-stream,alignment=au";
+
+/// A capsfilter element; bare caps cannot end a gst-launch description.
+fn capsfilter(caps: &str) -> String {
+    format!("capsfilter caps={}", launch_value(caps))
+}
+
+/// Quotes a property value for gst-launch syntax when it needs it.
+fn launch_value(v: &str) -> String {
+    if v.is_empty()
+        || v.chars()
+            .any(|c| c.is_whitespace() || matches!(c, ',' | '!' | '"' | '(' | ')' | '=' | ';'))
+    {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        v.to_string()
+    }
+}
+
+fn element_with(name: &str, props: &[(String, String)]) -> String {
+    let mut s = name.to_string();
+    for (k, v) in props {
+        s.push(' ');
+        s.push_str(k);
+        s.push('=');
+        s.push_str(&launch_value(v));
+    }
+    s
+}
+
+/// Keeps only the properties the installed element has, so one mapping table serves several
+/// plugin versions; the rest are returned for a warning.
+fn supported_properties(
+    element: &gst::Element,
+    props: &Properties,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut skipped = Vec::new();
+    for (k, v) in props {
+        match element.find_property(k) {
+            Some(pspec) if glib::Value::deserialize_with_pspec(v, &pspec).is_ok() => {
+                ok.push((k.clone(), v.clone()))
+            }
+            Some(_) => skipped.push(format!("{k}={v} (value not accepted)")),
+            None => skipped.push(format!("{k} (no such property)")),
+        }
+    }
+    (ok, skipped)
+}
+
+/// The first element of `names` whose factory exists and which reaches READY here.
+pub fn first_usable(names: &[String]) -> Option<String> {
+    names.iter().find(|n| usable(n)).cloned()
+}
+
+/// An element counts only if it can be created and opened: a v4l2 M2M encoder registers its
+/// factory from the device list, but a VA-API one exists even without a GPU.
+pub fn usable(name: &str) -> bool {
+    let Ok(element) = gst::ElementFactory::make(name).build() else {
+        return false;
+    };
+    let ok = element.set_state(gst::State::Ready).is_ok();
+    let _ = element.set_state(gst::State::Null);
+    ok
+}
+
+pub fn plan_encoder(cfg: &Config, profiles: &Profiles) -> Result<EncoderPlan> {
+    let candidates = profiles.encoder_candidates(cfg);
+    let element = first_usable(&candidates).ok_or_else(|| {
+        anyhow!(
+            "no usable H.264 encoder among [{}] (each must exist and reach READY)",
+            candidates.join(", ")
+        )
+    })?;
+    let instance = gst::ElementFactory::make(&element).build()?;
+    let (props, skipped) =
+        supported_properties(&instance, &profiles.encoder_properties(&element, cfg));
+    let mut out_caps = "video/x-h264".to_string();
+    if let Some(p) = profiles.encoder_profile(&element, cfg) {
+        out_caps.push_str(",profile=");
+        out_caps.push_str(p);
+    }
+    let input = profiles.encoder_input_format(&element);
+    // The queue is leaky: when the encoder falls behind, old raw frames go, not live ones.
+    let description = format!(
+        "queue name=encqueue max-size-buffers=3 max-size-bytes=0 max-size-time=0 leaky=downstream \
+         ! videoconvert ! video/x-raw,format={input} ! {} name=encoder ! {out_caps} \
+         ! h264parse config-interval=-1 ! {}",
+        element_with(&element, &props),
+        capsfilter(ENCODED_CAPS)
+    );
+    Ok(EncoderPlan {
+        element,
+        description,
+        skipped,
+    })
+}
+
+fn format_caps(f: CameraFormat) -> &'static str {
+    match f {
+        CameraFormat::Mjpeg => "image/jpeg",
+        CameraFormat::Yuyv => "video/x-raw,format=YUY2",
+        CameraFormat::Nv12 => "video/x-raw,format=NV12",
+        CameraFormat::H264 => "video/x-h264",
+    }
+}
+
+/// Asks the camera which caps it offers (the device must open at READY).
+pub fn camera_caps(device: &str) -> Result<gst::Caps> {
+    let src = gst::ElementFactory::make("v4l2src")
+        .property("device", device)
+        .build()
+        .map_err(|_| anyhow!("the v4l2src element is not installed"))?;
+    if src.set_state(gst::State::Ready).is_err() {
+        let _ = src.set_state(gst::State::Null);
+        bail!("camera {device} cannot be opened");
+    }
+    let caps = src
+        .static_pad("src")
+        .map(|p| p.query_caps(None))
+        .unwrap_or_else(gst::Caps::new_empty);
+    let _ = src.set_state(gst::State::Null);
+    if caps.is_empty() {
+        bail!("camera {device} offers no video formats");
+    }
+    Ok(caps)
+}
+
+/// Picks the camera caps: the first preferred format at the wanted size and rate, else at the
+/// wanted size, else in any size (scaled afterwards).
+fn choose_camera_caps(
+    device_caps: &gst::Caps,
+    formats: &[CameraFormat],
+    w: i64,
+    h: i64,
+    fps: i64,
+) -> Option<(CameraFormat, String)> {
+    let tries = [
+        format!(",width={w},height={h},framerate={fps}/1"),
+        format!(",width={w},height={h}"),
+        String::new(),
+    ];
+    for extra in &tries {
+        for f in formats {
+            let filter = format!("{}{extra}", format_caps(*f));
+            let Ok(caps) = filter.parse::<gst::Caps>() else {
+                continue;
+            };
+            if device_caps.can_intersect(&caps) {
+                return Some((*f, filter));
+            }
+        }
+    }
+    None
+}
+
+pub fn plan_source(cfg: &Config, profiles: &Profiles, raw_format: &str) -> Result<SourcePlan> {
+    let c = &cfg.camera;
+    let (w, h, fps) = (c.width.get(), c.height.get(), c.fps.get());
+    let raw_caps = format!("video/x-raw,format={raw_format},width={w},height={h}");
+    match c.source {
+        SourceKind::Test => {
+            let mut d = format!(
+                "videotestsrc is-live=true pattern={} ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1",
+                launch_value(&c.test_pattern)
+            );
+            if c.clock_overlay {
+                if gst::ElementFactory::find("clockoverlay").is_some() {
+                    d.push_str(
+                        " ! clockoverlay time-format=\"%Y-%m-%d %H:%M:%S\" shaded-background=true",
+                    );
+                } else {
+                    log::warn!("clockoverlay is not installed (GStreamer pango plugin): test source without clock");
+                }
+            }
+            d.push_str(&format!(" ! videoconvert ! {}", capsfilter(&raw_caps)));
+            Ok(SourcePlan {
+                description: d,
+                output: SourceOutput::Raw,
+                note: format!("test pattern {w}x{h}@{fps}"),
+            })
+        }
+        SourceKind::V4l2 => {
+            let device_caps = camera_caps(&c.device)?;
+            let mut formats = c.formats.clone();
+            if c.h264_passthrough {
+                formats.retain(|f| *f != CameraFormat::H264);
+                formats.insert(0, CameraFormat::H264);
+            } else {
+                formats.retain(|f| *f != CameraFormat::H264);
+            }
+            let (format, filter) = choose_camera_caps(&device_caps, &formats, w, h, fps)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "camera {} offers none of the formats {:?}; it offers: {}",
+                        c.device,
+                        formats,
+                        device_caps
+                    )
+                })?;
+            let src = format!("v4l2src device={} ! {filter}", launch_value(&c.device));
+            let (description, output) = match format {
+                CameraFormat::H264 => (
+                    format!(
+                        "{src} ! h264parse config-interval=-1 ! {}",
+                        capsfilter(ENCODED_CAPS)
+                    ),
+                    SourceOutput::H264,
+                ),
+                CameraFormat::Mjpeg => {
+                    let dec = first_usable(&profiles.board.jpeg_decoders)
+                        .ok_or_else(|| anyhow!("no usable JPEG decoder"))?;
+                    (
+                        format!(
+                            "{src} ! jpegparse ! {dec} ! videoconvert ! videoscale ! {}",
+                            capsfilter(&raw_caps)
+                        ),
+                        SourceOutput::Raw,
+                    )
+                }
+                CameraFormat::Yuyv | CameraFormat::Nv12 => (
+                    format!(
+                        "{src} ! videoconvert ! videoscale ! {}",
+                        capsfilter(&raw_caps)
+                    ),
+                    SourceOutput::Raw,
+                ),
+            };
+            Ok(SourcePlan {
+                description,
+                output,
+                note: format!("camera {} as {filter}", c.device),
+            })
+        }
+    }
+}
+
+/// Whether a DRM connector reports a connected screen.
+pub fn drm_connected() -> bool {
+    let Ok(entries) = std::fs::read_dir("/sys/class/drm") else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        std::fs::read_to_string(e.path().join("status"))
+            .map(|s| s.trim() == "connected")
+            .unwrap_or(false)
+    })
+}
+
+/// The display branch (from the raw tee), or None when there is to be no display.
+pub fn plan_display(cfg: &Config, profiles: &Profiles) -> Option<String> {
+    let sink = match cfg.display.sink {
+        DisplaySink::None => return None,
+        DisplaySink::Auto if !drm_connected() => return None,
+        DisplaySink::Auto | DisplaySink::Kms => "kmssink",
+        DisplaySink::Window => "autovideosink",
+    };
+    let mut props: Vec<(String, String)> = profiles
+        .board
+        .display_properties
+        .get(sink)
+        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    if sink == "kmssink" && cfg.display.connector.get() >= 0 {
+        props.push(("connector-id".into(), cfg.display.connector.to_string()));
+    }
+    props.push(("sync".into(), "false".into()));
+    // A display that cannot keep up drops frames instead of holding up the raw tee.
+    Some(format!(
+        "queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! videoconvert ! {}",
+        element_with(sink, &props)
+    ))
+}
+
+/// The branch feeding one RTSP media from the encoded tee.
+pub fn rtsp_branch_description(queue_buffers: u32) -> String {
+    format!(
+        "queue max-size-buffers={queue_buffers} max-size-bytes=0 max-size-time=0 leaky=downstream \
+         ! appsink name=sink sync=false async=false max-buffers={queue_buffers} drop=true"
+    )
+}
+
+/// The whole graph in gst-launch syntax, for `camstream graph`.
+pub fn describe_graph(cfg: &Config, profiles: &Profiles) -> Result<String> {
+    let enc = plan_encoder(cfg, profiles);
+    let raw_format = enc
+        .as_ref()
+        .map(|e| profiles.encoder_input_format(&e.element).to_string())
+        .unwrap_or_else(|_| "I420".into());
+    let mut out = format!(
+        "# board profile: {} ({})\n",
+        profiles.board.name, profiles.board.description
+    );
+    let src = plan_source(cfg, profiles, &raw_format);
+    let display = plan_display(cfg, profiles);
+    match (&src, &enc) {
+        (Ok(s), Ok(e)) => {
+            out.push_str(&format!("# source: {}\n# encoder: {}\n", s.note, e.element));
+            for k in &e.skipped {
+                out.push_str(&format!("# encoder property skipped: {k}\n"));
+            }
+            match s.output {
+                SourceOutput::Raw => {
+                    out.push_str(&format!(
+                        "{} ! tee name=raw allow-not-linked=true\n",
+                        s.description
+                    ));
+                    out.push_str(&format!(
+                        "raw. ! {} ! tee name=enc allow-not-linked=true\n",
+                        e.description
+                    ));
+                }
+                SourceOutput::H264 => {
+                    out.push_str(&format!(
+                        "{} ! tee name=enc allow-not-linked=true\n",
+                        s.description
+                    ));
+                    if display.is_some() {
+                        let dec = first_usable(&profiles.board.h264_decoders)
+                            .unwrap_or_else(|| "avdec_h264".into());
+                        out.push_str(&format!("enc. ! queue max-size-buffers=5 leaky=downstream ! {dec} ! tee name=raw allow-not-linked=true\n"));
+                    }
+                }
+            }
+        }
+        (Err(e), _) => bail!("source: {e:#}"),
+        (_, Err(e)) => bail!("encoder: {e:#}"),
+    }
+    match &display {
+        Some(d) => out.push_str(&format!("raw. ! {d}\n")),
+        None => out.push_str("# display: none\n"),
+    }
+    if cfg.rtsp.enabled {
+        out.push_str(&format!(
+            "# RTSP rtsp://{}:{}{} : one branch per shared media, attached while clients watch\nenc. ! {}\n",
+            cfg.rtsp.bind,
+            cfg.rtsp.port,
+            cfg.rtsp.mount.as_str(),
+            rtsp_branch_description(cfg.rtsp.queue_buffers.u32())
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_values_are_quoted_when_needed() {
+        assert_eq!(launch_value("ultrafast"), "ultrafast");
+        assert_eq!(launch_value("controls,a=1"), "\"controls,a=1\"");
+        assert_eq!(launch_value("%H %M"), "\"%H %M\"");
+    }
+}

@@ -1,0 +1,90 @@
+//! `camstream probe`: what this machine offers the graph: cameras and their formats, the H.264
+//! encoders usable here in priority order, and whether a screen is connected.
+
+use anyhow::Result;
+use gst::prelude::*;
+
+use crate::plan;
+use crate::profile::Profiles;
+
+fn camera_devices() -> Vec<String> {
+    let mut devs: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().display().to_string())
+                .filter(|p| p.starts_with("/dev/video"))
+                .collect()
+        })
+        .unwrap_or_default();
+    devs.sort();
+    devs
+}
+
+/// One line per format: "image/jpeg 1280x720 @ 30/1, 15/1".
+fn summarise(caps: &gst::Caps) -> Vec<String> {
+    caps.iter()
+        .map(|s| {
+            let mut line = s.name().to_string();
+            if let Ok(f) = s.get::<String>("format") {
+                line.push_str(&format!(" {f}"));
+            }
+            if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
+                line.push_str(&format!(" {w}x{h}"));
+            }
+            if let Ok(v) = s.value("framerate").map(|v| v.to_value()) {
+                if let Ok(serialised) = v.serialize() {
+                    line.push_str(&format!(" @ {serialised}"));
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+pub fn run(profiles: &Profiles) -> Result<()> {
+    println!(
+        "board: {} ({})",
+        profiles.board.name, profiles.board.description
+    );
+    if let Some(model) = crate::profile::board_model() {
+        println!("  device-tree model: {model}");
+    }
+    println!("cameras:");
+    let mut any = false;
+    for dev in camera_devices() {
+        match plan::camera_caps(&dev) {
+            Ok(caps) => {
+                any = true;
+                println!("  {dev}");
+                for l in summarise(&caps) {
+                    println!("    {l}");
+                }
+            }
+            // M2M codec nodes and metadata nodes are /dev/video* too; they are not cameras.
+            Err(e) => log::debug!("{dev}: {e:#}"),
+        }
+    }
+    if !any {
+        println!("  none found");
+    }
+    println!("H.264 encoders (priority order of this board):");
+    for name in &profiles.board.encoders {
+        let state = if gst::ElementFactory::find(name).is_none() {
+            "not installed"
+        } else if plan::usable(name) {
+            "usable"
+        } else {
+            "installed, does not open"
+        };
+        println!("  {name}: {state}");
+    }
+    println!(
+        "display: {}",
+        if plan::drm_connected() {
+            "connected DRM connector found (kmssink)"
+        } else {
+            "no connected DRM connector"
+        }
+    );
+    Ok(())
+}
