@@ -364,14 +364,16 @@ fn describe(origin: &str, text: &str, path: &str, err: &toml::de::Error) -> Stri
         None => format!("{origin}: "),
     };
     let message = err.message().trim();
-    // An unknown key is reported by serde against its table; name the key itself.
+    // serde_path_to_error ends the path with an unknown key's name, sometimes twice.
     let key = match message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
     {
         Some(field) if path.is_empty() || path == "?" => field.to_string(),
-        Some(field) => format!("{}.{field}", path.trim_end_matches(".?")),
-        None => path.to_string(),
+        Some(field) if path.ends_with(&format!(".{field}.{field}")) => {
+            path[..path.len() - field.len() - 1].to_string()
+        }
+        _ => path.to_string(),
     };
     if key.is_empty() {
         format!("{location}{message}")

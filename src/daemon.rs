@@ -60,6 +60,9 @@ struct State {
     source: Option<gst::Bin>,
     source_backoff: Backoff,
     display: Option<Branch>,
+    /// The last display bin that failed, kept alive so that its late bus messages can still be
+    /// traced to it (a disposed bin unparents its children).
+    display_failed: Option<gst::Bin>,
     display_description: Option<String>,
     display_backoff: Backoff,
     rtsp: Option<RtspServer>,
@@ -186,7 +189,7 @@ fn try_source(st: &Shared) {
 }
 
 fn try_display(st: &Shared) {
-    let (desc, pipeline, tee) = {
+    let desc = {
         let s = st.borrow();
         if s.stopping || s.display.is_some() {
             return;
@@ -194,19 +197,50 @@ fn try_display(st: &Shared) {
         let Some(d) = s.display_description.clone() else {
             return;
         };
-        (d, s.pipeline.clone(), s.raw_tee.clone())
+        d
     };
-    let result = branch::bin_from_description("display", &desc)
-        .and_then(|bin| branch::attach(&pipeline, &tee, bin, false));
-    match result {
-        Ok(b) => {
-            log::info!("display: attached");
-            let mut s = st.borrow_mut();
-            s.display = Some(b);
-            s.display_backoff.started();
+    // Opening a display can block (kmssink takes ~1.3 s to give up without DRM): do it on a
+    // helper thread so the main loop, which also serves RTSP clients, never waits for it.
+    let (tx, rx) = std::sync::mpsc::channel::<Result<gst::Bin>>();
+    std::thread::spawn(move || {
+        let opened = branch::bin_from_description("display", &desc).and_then(|bin| {
+            if bin.set_state(gst::State::Ready).is_err() {
+                let _ = bin.set_state(gst::State::Null);
+                bail!("display sink does not open");
+            }
+            Ok(bin)
+        });
+        let _ = tx.send(opened);
+    });
+    let st = st.clone();
+    glib::timeout_add_local(Duration::from_millis(50), move || {
+        let opened = match rx.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return glib::ControlFlow::Continue,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err(anyhow!("display probe thread died"))
+            }
+            Ok(r) => r,
+        };
+        let (pipeline, tee) = {
+            let s = st.borrow();
+            (s.pipeline.clone(), s.raw_tee.clone())
+        };
+        let result = opened.and_then(|bin| {
+            st.borrow_mut().display_failed = Some(bin.clone());
+            branch::attach(&pipeline, &tee, bin, false)
+        });
+        match result {
+            Ok(b) => {
+                log::info!("display: attached");
+                let mut s = st.borrow_mut();
+                s.display = Some(b);
+                s.display_failed = None;
+                s.display_backoff.started();
+            }
+            Err(e) => retry_display(&st, &format!("{e:#}")),
         }
-        Err(e) => retry_display(st, &format!("{e:#}")),
-    }
+        glib::ControlFlow::Break
+    });
 }
 
 fn retry_display(st: &Shared, why: &str) {
@@ -233,32 +267,16 @@ fn origin_of(st: &State, obj: &gst::Object) -> Origin {
     } else if st
         .display
         .as_ref()
-        .is_some_and(|b| branch::contains(&b.bin, obj))
-        || obj.name().starts_with("display")
-        || obj.has_as_ancestor_with_name("display")
+        .map(|b| &b.bin)
+        .into_iter()
+        .chain(st.display_failed.as_ref())
+        .any(|b| branch::contains(b, obj))
     {
         Origin::Display
     } else if st.rtsp.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Rtsp
     } else {
         Origin::Core
-    }
-}
-
-trait AncestorByName {
-    fn has_as_ancestor_with_name(&self, name: &str) -> bool;
-}
-
-impl AncestorByName for gst::Object {
-    fn has_as_ancestor_with_name(&self, name: &str) -> bool {
-        let mut cur = self.parent();
-        while let Some(p) = cur {
-            if p.name() == name {
-                return true;
-            }
-            cur = p.parent();
-        }
-        false
     }
 }
 
@@ -287,7 +305,8 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
             let b = st.borrow_mut().display.take();
             if let Some(b) = b {
                 let (p, t) = {
-                    let s = st.borrow();
+                    let mut s = st.borrow_mut();
+                    s.display_failed = Some(b.bin.clone());
                     (s.pipeline.clone(), s.raw_tee.clone())
                 };
                 branch::detach(&p, &t, b);
@@ -363,6 +382,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         raw_format,
         source: None,
         display: None,
+        display_failed: None,
         display_description,
         rtsp: None,
         main_loop: main_loop.clone(),

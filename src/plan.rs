@@ -300,7 +300,10 @@ pub fn plan_display(cfg: &Config, profiles: &Profiles) -> Option<String> {
     if sink == "kmssink" && cfg.display.connector.get() >= 0 {
         props.push(("connector-id".into(), cfg.display.connector.to_string()));
     }
+    // Frames are shown as they come (lowest latency), and adding the sink to the running
+    // pipeline must not make it preroll again.
     props.push(("sync".into(), "false".into()));
+    props.push(("async".into(), "false".into()));
     // A display that cannot keep up drops frames instead of holding up the raw tee.
     Some(format!(
         "queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! videoconvert ! {}",
