@@ -167,6 +167,16 @@ pub enum CameraFormat {
     H264,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestOverlay {
+    /// The wall-clock time as text.
+    Clock,
+    /// The capture wall-clock time (µs since the epoch) as a QR code, for latency measurement.
+    TimestampQr,
+    None,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
@@ -178,7 +188,7 @@ pub struct CameraConfig {
     pub formats: Vec<CameraFormat>,
     pub h264_passthrough: bool,
     pub test_pattern: String,
-    pub clock_overlay: bool,
+    pub test_overlay: TestOverlay,
     pub restart_max_seconds: Ranged<1, 3600>,
 }
 
@@ -193,7 +203,7 @@ impl Default for CameraConfig {
             formats: vec![CameraFormat::Mjpeg, CameraFormat::Yuyv, CameraFormat::Nv12],
             h264_passthrough: false,
             test_pattern: "ball".into(),
-            clock_overlay: true,
+            test_overlay: TestOverlay::Clock,
             restart_max_seconds: Ranged(30),
         }
     }

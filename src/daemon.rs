@@ -140,6 +140,9 @@ fn start_source(st: &Shared) -> Result<()> {
     };
     let plan = plan::plan_source(&cfg, &profiles, &raw_format)?;
     let bin = branch::bin_from_description("source", &plan.description)?;
+    if let Some(qr) = bin.by_name(plan::TIMESTAMP_QR) {
+        crate::stamp::install(&qr);
+    }
     let target = match plan.output {
         SourceOutput::Raw => st.borrow().raw_tee.clone(),
         SourceOutput::H264 => st.borrow().enc_tee.clone(),

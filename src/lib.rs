@@ -11,3 +11,4 @@ pub mod plan;
 pub mod probe;
 pub mod profile;
 pub mod rtsp;
+pub mod stamp;

@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Result};
 use gst::prelude::*;
 
-use crate::config::{CameraFormat, Config, DisplaySink, SourceKind};
+use crate::config::{CameraFormat, Config, DisplaySink, SourceKind, TestOverlay};
 use crate::profile::{Profiles, Properties};
 
 /// What the source part of the graph produces.
@@ -32,6 +32,9 @@ pub struct EncoderPlan {
     pub description: String,
     pub skipped: Vec<String>,
 }
+
+/// Name of the qroverlay that stamps capture times into test frames.
+pub const TIMESTAMP_QR: &str = "timestamp_qr";
 
 /// Caps every consumer of the encoded tee can rely on.
 pub const ENCODED_CAPS: &str = "video/x-h264,stream-format=byte-stream,alignment=au";
@@ -200,14 +203,18 @@ pub fn plan_source(cfg: &Config, profiles: &Profiles, raw_format: &str) -> Resul
                 "videotestsrc is-live=true pattern={} ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1",
                 launch_value(&c.test_pattern)
             );
-            if c.clock_overlay {
-                if gst::ElementFactory::find("clockoverlay").is_some() {
-                    d.push_str(
-                        " ! clockoverlay time-format=\"%Y-%m-%d %H:%M:%S\" shaded-background=true",
-                    );
-                } else {
-                    log::warn!("clockoverlay is not installed (GStreamer pango plugin): test source without clock");
+            match c.test_overlay {
+                TestOverlay::Clock if gst::ElementFactory::find("clockoverlay").is_some() => {
+                    d.push_str(" ! clockoverlay time-format=\"%Y-%m-%d %H:%M:%S\" shaded-background=true")
                 }
+                TestOverlay::Clock => log::warn!(
+                    "clockoverlay is not installed (GStreamer pango plugin): test source without clock"
+                ),
+                TestOverlay::TimestampQr => d.push_str(&format!(
+                    " ! qroverlay name={TIMESTAMP_QR} x=5 y=5 pixel-size={} qrcode-error-correction=0",
+                    (h / 60).clamp(2, 16)
+                )),
+                TestOverlay::None => {}
             }
             d.push_str(&format!(" ! videoconvert ! {}", capsfilter(&raw_caps)));
             Ok(SourcePlan {

@@ -195,6 +195,9 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
         .and_then(|p| p.downcast::<gst::Pipeline>().ok())
     {
         media_pipeline.set_start_time(gst::ClockTime::NONE);
+        // Buffers arrive already late by capture and encode time; a latency the media pipeline
+        // computes for itself would only hold them back further.
+        media_pipeline.set_latency(gst::ClockTime::ZERO);
         if let Some(base) = pipeline.base_time() {
             media_pipeline.set_base_time(base);
         }
