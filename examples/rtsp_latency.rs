@@ -3,7 +3,8 @@
 //! The device runs with `camera.test_overlay = "timestamp-qr"`: every frame carries its capture
 //! wall-clock time as a QR code. This client decodes the stream, notes the wall-clock time each
 //! decoded frame reaches the point just before `zbar` (so zbar's own scan time is not counted),
-//! and subtracts the capture time zbar reads from the picture. Both ends share this machine's
+//! and subtracts the capture time zbar reads from the picture. A leaky queue in front of zbar
+//! keeps a slow scan from backing up the decoder: unscanned frames are skipped, not delayed. Both ends share this machine's
 //! clock.
 //!
 //! cargo run --release --example rtsp_latency -- rtsp://127.0.0.1:8554/live 10 [tcp|udp]
@@ -34,7 +35,7 @@ fn main() -> Result<()> {
     gst::init()?;
     let pipeline = gst::parse::launch(&format!(
         "rtspsrc location={url} protocols={protocols} latency=0 ! rtph264depay ! h264parse ! avdec_h264 \
-         ! videoconvert ! video/x-raw,format=I420 ! identity name=arrival ! zbar cache=false ! fakesink sync=false"
+         ! videoconvert ! video/x-raw,format=I420 ! identity name=arrival ! queue leaky=downstream max-size-buffers=1 max-size-bytes=0 max-size-time=0 ! zbar cache=false ! fakesink sync=false"
     ))?
     .downcast::<gst::Pipeline>()
     .map_err(|_| anyhow!("not a pipeline"))?;

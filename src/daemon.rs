@@ -349,6 +349,9 @@ fn shutdown(st: &Shared) {
         st.borrow().main_loop.quit();
         return;
     }
+    if let Some(r) = st.borrow().rtsp.as_ref() {
+        r.set_stopping();
+    }
     log::info!("stopping: sending end-of-stream through the graph");
     pipeline.send_event(gst::event::Eos::new());
     let st = st.clone();

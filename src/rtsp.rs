@@ -28,6 +28,9 @@ struct Shared {
     next_id: AtomicUsize,
     clients: AtomicUsize,
     max_clients: usize,
+    /// Set once the device stops: branches then stay linked so end-of-stream reaches their
+    /// appsinks (a bin forgets a removed sink's pending EOS and would wait for it).
+    stopping: AtomicBool,
 }
 
 pub struct RtspServer {
@@ -48,6 +51,7 @@ impl RtspServer {
             next_id: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
             max_clients: cfg.max_clients.get() as usize,
+            stopping: AtomicBool::new(false),
         });
 
         let server = gst_rtsp_server::RTSPServer::new();
@@ -155,8 +159,8 @@ impl RtspServer {
             .unwrap_or(false)
     }
 
-    pub fn active_media(&self) -> usize {
-        self.shared.branches.lock().map(|b| b.len()).unwrap_or(0)
+    pub fn set_stopping(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
     }
 }
 
@@ -263,6 +267,9 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
         let Some(shared) = weak.upgrade() else {
             return;
         };
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut b) = shared.branches.lock() {
             b.retain(|x| x.name != branch.name);
         }
