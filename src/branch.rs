@@ -39,10 +39,17 @@ pub fn attach(
     keyframe: bool,
 ) -> Result<Branch> {
     let name = bin.name().to_string();
-    pipeline.add(&bin)?;
     let sink = bin
         .static_pad("sink")
         .ok_or_else(|| anyhow!("{name} has no sink pad"))?;
+    pipeline.add(&bin)?;
+    // Running before linked: data must not reach elements that are still changing state (a
+    // muxer or sink created on the first buffer would otherwise stay PAUSED and block).
+    if bin.sync_state_with_parent().is_err() {
+        let _ = bin.set_state(gst::State::Null);
+        let _ = pipeline.remove(&bin);
+        return Err(anyhow!("{name} failed to start"));
+    }
     let tee_pad = tee
         .request_pad_simple("src_%u")
         .ok_or_else(|| anyhow!("tee refused a new pad for {name}"))?;
@@ -62,11 +69,6 @@ pub fn attach(
     if let Err(e) = tee_pad.link(&sink) {
         discard(pipeline, tee, &branch);
         return Err(anyhow!("cannot link {name} to {}: {e:?}", tee.name()));
-    }
-    if bin.sync_state_with_parent().is_err() {
-        tee_pad.unlink(&sink).ok();
-        discard(pipeline, tee, &branch);
-        return Err(anyhow!("{name} failed to start"));
     }
     if keyframe {
         request_keyframe(&sink);

@@ -125,6 +125,147 @@ impl From<MountPath> for String {
     }
 }
 
+/// A TOML value that may be written as a number or as a string with a unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrText {
+    Number(i64),
+    Text(String),
+}
+
+/// Parses "512", "64K", "200M", "8G", "1T" (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?} (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 500M or 8G"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A number of bytes: an integer or a string such as "8G". 0 means no limit where allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "NumberOrText", into = "NumberOrText")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<NumberOrText> for ByteSize {
+    type Error = String;
+    fn try_from(v: NumberOrText) -> Result<Self, String> {
+        match v {
+            NumberOrText::Number(n) if n >= 0 => Ok(Self(n as u64)),
+            NumberOrText::Number(n) => Err(format!("must not be negative, got {n}")),
+            NumberOrText::Text(s) => parse_bytes(&s).map(Self),
+        }
+    }
+}
+
+impl From<ByteSize> for NumberOrText {
+    fn from(v: ByteSize) -> Self {
+        NumberOrText::Number(v.0 as i64)
+    }
+}
+
+/// Free space to keep: bytes ("2G", 2147483648) or a share of the filesystem ("10%").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "NumberOrText", into = "NumberOrText")]
+pub enum FreeSpace {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl FreeSpace {
+    /// Bytes to keep free on a filesystem of `total` bytes.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            Self::Bytes(b) => b,
+            Self::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+impl TryFrom<NumberOrText> for FreeSpace {
+    type Error = String;
+    fn try_from(v: NumberOrText) -> Result<Self, String> {
+        match v {
+            NumberOrText::Text(s) if s.trim().ends_with('%') => {
+                let p: f64 = s
+                    .trim()
+                    .trim_end_matches('%')
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a percentage such as \"10%\""))?;
+                if (0.0..=90.0).contains(&p) {
+                    Ok(Self::Percent(p))
+                } else {
+                    Err(format!("must be between 0% and 90%, got {s:?}"))
+                }
+            }
+            other => ByteSize::try_from(other).map(|b| Self::Bytes(b.0)),
+        }
+    }
+}
+
+impl From<FreeSpace> for NumberOrText {
+    fn from(v: FreeSpace) -> Self {
+        match v {
+            FreeSpace::Bytes(b) => NumberOrText::Number(b as i64),
+            FreeSpace::Percent(p) => NumberOrText::Text(format!("{p}%")),
+        }
+    }
+}
+
+/// A duration in seconds: an integer or a string such as "90s", "45m", "12h", "30d".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "NumberOrText", into = "NumberOrText")]
+pub struct Seconds(pub u64);
+
+impl TryFrom<NumberOrText> for Seconds {
+    type Error = String;
+    fn try_from(v: NumberOrText) -> Result<Self, String> {
+        match v {
+            NumberOrText::Number(n) if n >= 0 => Ok(Self(n as u64)),
+            NumberOrText::Number(n) => Err(format!("must not be negative, got {n}")),
+            NumberOrText::Text(s) => {
+                let t = s.trim();
+                let (digits, mult) = match t.chars().last() {
+                    Some('s') => (&t[..t.len() - 1], 1),
+                    Some('m') => (&t[..t.len() - 1], 60),
+                    Some('h') => (&t[..t.len() - 1], 3600),
+                    Some('d') => (&t[..t.len() - 1], 86400),
+                    _ => (t, 1),
+                };
+                digits
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|n| n.checked_mul(mult))
+                    .map(Self)
+                    .ok_or_else(|| format!("{s:?} is not a duration such as \"30d\" or \"12h\""))
+            }
+        }
+    }
+}
+
+impl From<Seconds> for NumberOrText {
+    fn from(v: Seconds) -> Self {
+        NumberOrText::Number(v.0 as i64)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -133,6 +274,7 @@ pub struct Config {
     pub encoder: EncoderConfig,
     pub rtsp: RtspConfig,
     pub display: DisplayConfig,
+    pub recording: RecordingConfig,
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
 }
@@ -319,6 +461,36 @@ impl Default for DisplayConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    pub enabled: bool,
+    pub dir: String,
+    pub segment_seconds: Ranged<1, 86_400>,
+    pub fragment_ms: Ranged<100, 10_000>,
+    pub max_bytes: ByteSize,
+    pub min_free: FreeSpace,
+    pub max_age: Seconds,
+    pub queue_seconds: Ranged<1, 60>,
+    pub retry_max_seconds: Ranged<1, 3600>,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "/data/recordings".into(),
+            segment_seconds: Ranged(60),
+            fragment_ms: Ranged(500),
+            max_bytes: ByteSize(0),
+            min_free: FreeSpace::Percent(10.0),
+            max_age: Seconds(0),
+            queue_seconds: Ranged(5),
+            retry_max_seconds: Ranged(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// "auto" (matched against the board's device-tree model) or a profile name such as "rpi4".
     pub profile: String,
@@ -473,6 +645,9 @@ impl Config {
         if self.rtsp.user.is_empty() != self.rtsp.password.is_empty() {
             bail!("keys `rtsp.user` and `rtsp.password`: set both or neither");
         }
+        if self.recording.enabled && self.recording.dir.trim().is_empty() {
+            bail!("key `recording.dir`: must not be empty while recording is enabled");
+        }
         if self.camera.formats.is_empty() {
             bail!("key `camera.formats`: must list at least one format");
         }
@@ -524,6 +699,22 @@ mod tests {
             .to_string();
         assert!(e.starts_with("f.toml:3: key `rtsp.port`"), "{e}");
         assert!(e.contains("between 1 and 65535"), "{e}");
+    }
+
+    #[test]
+    fn sizes_percentages_and_durations() {
+        let c = Config::from_str_with_origin(
+            "t",
+            "[recording]\nmax_bytes = \"2G\"\nmin_free = \"5%\"\nmax_age = \"30d\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.recording.max_bytes.0, 2 << 30);
+        assert_eq!(c.recording.min_free.bytes_of(1000), 50);
+        assert_eq!(c.recording.max_age.0, 30 * 86400);
+        let e = Config::from_str_with_origin("f", "[recording]\nmin_free = \"5 apples\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f:2: key `recording.min_free`"), "{e}");
     }
 
     #[test]

@@ -6,49 +6,18 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use gst::prelude::*;
 
+use crate::backoff::Backoff;
 use crate::branch::{self, Branch};
 use crate::config::Config;
 use crate::plan::{self, SourceOutput};
 use crate::profile::Profiles;
+use crate::recording::{Recorder, Recovery};
 use crate::rtsp::RtspServer;
-
-/// Exponential backoff: 1 s, 2 s, 4 s… capped; reset after a run that lasted a while.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-    started: Option<Instant>,
-}
-
-impl Backoff {
-    fn new(max_seconds: i64) -> Self {
-        Self {
-            next: Duration::from_secs(1),
-            max: Duration::from_secs(max_seconds.max(1) as u64),
-            started: None,
-        }
-    }
-    fn started(&mut self) {
-        self.started = Some(Instant::now());
-    }
-    /// The delay before the next attempt.
-    fn failed(&mut self) -> Duration {
-        if self
-            .started
-            .take()
-            .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
-        {
-            self.next = Duration::from_secs(1);
-        }
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
 
 struct State {
     cfg: Config,
@@ -66,6 +35,8 @@ struct State {
     display_description: Option<String>,
     display_backoff: Backoff,
     rtsp: Option<RtspServer>,
+    recorder: Option<Recorder>,
+    recording_backoff: Backoff,
     main_loop: glib::MainLoop,
     exit_code: i32,
     stopping: bool,
@@ -256,10 +227,61 @@ fn retry_display(st: &Shared, why: &str) {
     glib::timeout_add_local_once(delay, move || try_display(&st));
 }
 
+fn try_recording(st: &Shared) {
+    let result = {
+        let mut guard = st.borrow_mut();
+        let s = &mut *guard;
+        if s.stopping {
+            return;
+        }
+        match s.recorder.as_mut() {
+            None => return,
+            Some(r) if r.is_attached() => return,
+            Some(r) => r.attach(&s.pipeline, &s.enc_tee),
+        }
+    };
+    match result {
+        Ok(()) => st.borrow_mut().recording_backoff.started(),
+        Err(e) => {
+            let delay = st.borrow_mut().recording_backoff.failed();
+            log::error!(
+                "recording: {e:#}; RTSP and display go on; retrying in {} s",
+                delay.as_secs()
+            );
+            let st = st.clone();
+            glib::timeout_add_local_once(delay, move || try_recording(&st));
+        }
+    }
+}
+
+/// After a full disk: poll until retention or the user has made room, then resume.
+fn wait_for_space(st: &Shared) {
+    let st = st.clone();
+    glib::timeout_add_local(Duration::from_secs(2), move || {
+        let (stopping, ok) = {
+            let s = st.borrow();
+            (
+                s.stopping,
+                s.recorder.as_ref().is_some_and(|r| r.has_space()),
+            )
+        };
+        if stopping {
+            return glib::ControlFlow::Break;
+        }
+        if !ok {
+            return glib::ControlFlow::Continue;
+        }
+        log::info!("recording: space is available again, resuming");
+        try_recording(&st);
+        glib::ControlFlow::Break
+    });
+}
+
 /// Which part of the graph a bus message came from.
 enum Origin {
     Source,
     Display,
+    Recording,
     Rtsp,
     Core,
 }
@@ -276,6 +298,8 @@ fn origin_of(st: &State, obj: &gst::Object) -> Origin {
         .any(|b| branch::contains(b, obj))
     {
         Origin::Display
+    } else if st.recorder.as_ref().is_some_and(|r| r.owns(obj)) {
+        Origin::Recording
     } else if st.rtsp.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Rtsp
     } else {
@@ -314,6 +338,41 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
                 };
                 branch::detach(&p, &t, b);
                 retry_display(st, &format!("{} failed: {text}", src.name()));
+            }
+        }
+        Origin::Recording => {
+            let recovery = {
+                let mut guard = st.borrow_mut();
+                let s = &mut *guard;
+                let (p, t) = (s.pipeline.clone(), s.enc_tee.clone());
+                s.recorder
+                    .as_mut()
+                    .and_then(|r| r.on_error(&p, &t, &msg.error()))
+            };
+            match recovery {
+                Some(Recovery::WaitForSpace) => {
+                    let dir = st
+                        .borrow()
+                        .recorder
+                        .as_ref()
+                        .map(|r| r.dir().display().to_string())
+                        .unwrap_or_default();
+                    log::error!(
+                        "recording paused: the disk holding {dir} is full ({text}); \
+                         footage already recorded is kept; recording resumes by itself when space returns"
+                    );
+                    wait_for_space(st);
+                }
+                Some(Recovery::Retry) => {
+                    let delay = st.borrow_mut().recording_backoff.failed();
+                    log::error!(
+                        "recording stopped: {text}; RTSP and display go on; retrying in {} s",
+                        delay.as_secs()
+                    );
+                    let st = st.clone();
+                    glib::timeout_add_local_once(delay, move || try_recording(&st));
+                }
+                None => {}
             }
         }
         Origin::Rtsp => log::warn!("RTSP branch {}: {text}", src.name()),
@@ -391,6 +450,8 @@ pub fn run(cfg: Config) -> Result<i32> {
         display_failed: None,
         display_description,
         rtsp: None,
+        recorder: cfg.recording.enabled.then(|| Recorder::new(&cfg)),
+        recording_backoff: Backoff::new(cfg.recording.retry_max_seconds.get()),
         main_loop: main_loop.clone(),
         exit_code: 0,
         stopping: false,
@@ -421,7 +482,11 @@ pub fn run(cfg: Config) -> Result<i32> {
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| anyhow!("the pipeline refused to start"))?;
+    if let Some(r) = st.borrow().recorder.as_ref() {
+        r.enforce_retention();
+    }
     try_source(&st);
+    try_recording(&st);
 
     if cfg.rtsp.enabled {
         let server = RtspServer::start(&cfg.rtsp, &pipeline, &enc_tee)?;
@@ -441,6 +506,9 @@ pub fn run(cfg: Config) -> Result<i32> {
 
     main_loop.run();
     let _ = pipeline.set_state(gst::State::Null);
+    if let Some(r) = st.borrow().recorder.as_ref() {
+        log::info!("{}", r.summary());
+    }
     let code = st.borrow().exit_code;
     st.borrow_mut().rtsp = None;
     log::info!("stopped (exit code {code})");

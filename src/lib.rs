@@ -3,6 +3,7 @@
 //! One GStreamer graph: camera → raw tee → display; raw tee → one H.264 encode → encoded tee →
 //! RTSP server (and, in later parts, recording and uplink).
 
+pub mod backoff;
 pub mod branch;
 pub mod config;
 pub mod daemon;
@@ -10,5 +11,6 @@ pub mod logging;
 pub mod plan;
 pub mod probe;
 pub mod profile;
+pub mod recording;
 pub mod rtsp;
 pub mod stamp;

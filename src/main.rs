@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use camstream::config::Config;
-use camstream::{daemon, logging, plan, probe, profile::Profiles};
+use camstream::{daemon, logging, plan, probe, profile::Profiles, recording};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,14 @@ enum Command {
     Probe(ConfigArgs),
     /// Print the graph the config would build, in gst-launch syntax.
     Graph(ConfigArgs),
+    /// List the recordings on the card (start, end, duration, size, path).
+    Recordings {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(args: &ConfigArgs) -> Result<Config> {
@@ -74,6 +82,13 @@ fn real_main() -> Result<u8> {
             let cfg = load(&args)?;
             gst::init().context("cannot initialise GStreamer")?;
             print!("{}", plan::describe_graph(&cfg, &Profiles::load(&cfg)?)?);
+            Ok(0)
+        }
+        Command::Recordings { config, json } => {
+            let cfg = load(&config)?;
+            let dir = std::path::Path::new(&cfg.recording.dir);
+            let entries = recording::list::list(dir, cfg.device.id.as_str())?;
+            recording::list::print(&entries, json)?;
             Ok(0)
         }
     }

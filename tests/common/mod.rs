@@ -51,6 +51,8 @@ sink = "none"
 bind = "127.0.0.1"
 port = {port}
 {extra}
+[recording]
+enabled = false
 "#
     )
 }

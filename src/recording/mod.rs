@@ -1,0 +1,369 @@
+//! Continuous recording to the SD card: a branch on the encoded tee into splitmuxsink writing
+//! fragmented MP4, so a power cut costs at most the open fragment and the GOP splitmuxsink holds,
+//! never the file. Segments split only at keyframes, so every frame lands in exactly one file.
+
+pub mod list;
+pub mod mp4;
+pub mod naming;
+pub mod retention;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use gst::prelude::*;
+
+use crate::branch::{self, Branch};
+use crate::config::Config;
+use naming::{SegmentId, SegmentName};
+use retention::Policy;
+
+/// State shared with streaming-thread callbacks.
+struct Shared {
+    device: String,
+    dir: PathBuf,
+    /// This run's boot number, read from the card on first attach; 0 until then.
+    boot: AtomicU32,
+    next_segment: AtomicU32,
+    current: Mutex<Option<PathBuf>>,
+    /// Frames that entered the branch from its first keyframe on.
+    frames_in: AtomicU64,
+    /// Frames handed to the muxer.
+    frames_out: AtomicU64,
+    files: AtomicU64,
+    retention: mpsc::Sender<Option<PathBuf>>,
+}
+
+/// What the daemon should do after a recording error.
+pub enum Recovery {
+    /// The disk is full: poll for space.
+    WaitForSpace,
+    /// Anything else (directory gone, card removed, I/O error): retry after a while.
+    Retry,
+}
+
+pub struct Recorder {
+    shared: Arc<Shared>,
+    policy: Policy,
+    segment: gst::ClockTime,
+    fragment_ms: u32,
+    queue: gst::ClockTime,
+    branch: Option<Branch>,
+    /// The last failed bin, kept so its late bus messages can still be attributed.
+    failed: Option<gst::Bin>,
+}
+
+/// Reads, increments and durably stores the boot counter kept in the recording directory.
+fn next_boot(dir: &Path) -> Result<u32> {
+    let path = dir.join(".camstream-boot");
+    let last: u32 = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let boot = last % 9999 + 1;
+    let tmp = dir.join(".camstream-boot.tmp");
+    std::fs::write(&tmp, format!("{boot}\n"))
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("recording directory {} is not writable", dir.display()))?;
+    Ok(boot)
+}
+
+/// Makes sure `dir` exists and can take files.
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create recording directory {}", dir.display()))?;
+    let probe = dir.join(".camstream-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("recording directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+impl Recorder {
+    /// Sets up the recorder and its retention thread; the directory is checked by `attach`.
+    pub fn new(cfg: &Config) -> Self {
+        let r = &cfg.recording;
+        let dir = PathBuf::from(&r.dir);
+        // Room for the segment being written: twice its nominal size (keyframes, forced IDRs),
+        // but never more than half of a small max_bytes, which must still hold some footage.
+        let mut reserve =
+            cfg.encoder.bitrate_kbps.get() as u64 * 1000 / 8 * r.segment_seconds.get() as u64 * 2;
+        if r.max_bytes.0 > 0 {
+            reserve = reserve.min(r.max_bytes.0 / 2);
+        }
+        let policy = Policy {
+            max_bytes: r.max_bytes.0,
+            min_free: r.min_free,
+            max_age: r.max_age.0,
+            reserve,
+        };
+        let (tx, rx) = mpsc::channel::<Option<PathBuf>>();
+        let shared = Arc::new(Shared {
+            device: cfg.device.id.as_str().to_string(),
+            dir: dir.clone(),
+            boot: AtomicU32::new(0),
+            next_segment: AtomicU32::new(1),
+            current: Mutex::new(None),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            retention: tx,
+        });
+        let device = shared.device.clone();
+        std::thread::Builder::new()
+            .name("retention".into())
+            .spawn(move || retention_thread(rx, dir, device, policy))
+            .ok();
+        Self {
+            shared,
+            policy,
+            segment: gst::ClockTime::from_seconds(r.segment_seconds.get() as u64),
+            fragment_ms: r.fragment_ms.u32(),
+            queue: gst::ClockTime::from_seconds(r.queue_seconds.get() as u64),
+            branch: None,
+            failed: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.branch.is_some()
+    }
+
+    /// Runs retention now (start-up), on the retention thread.
+    pub fn enforce_retention(&self) {
+        let current = self.shared.current.lock().ok().and_then(|c| c.clone());
+        let _ = self.shared.retention.send(current);
+    }
+
+    /// Whether a bus message source belongs to the recording branch.
+    pub fn owns(&self, obj: &gst::Object) -> bool {
+        self.branch
+            .as_ref()
+            .map(|b| &b.bin)
+            .into_iter()
+            .chain(self.failed.as_ref())
+            .any(|b| branch::contains(b, obj))
+    }
+
+    /// Free space suffices to resume after a full disk: min_free plus room for a segment
+    /// (capped at a tenth of the disk, so that a small card can resume at all).
+    pub fn has_space(&self) -> bool {
+        match retention::disk_space(&self.shared.dir) {
+            Some((avail, size)) => {
+                avail >= self.policy.min_free.bytes_of(size) + self.policy.reserve.min(size / 10)
+            }
+            None => false,
+        }
+    }
+
+    fn build(&self) -> Result<gst::Bin> {
+        let bin = gst::Bin::with_name("recording");
+        // splitmuxsink completes its change to PAUSED only once the first file is open; the
+        // bin absorbs that so the running pipeline never loses its PLAYING state for it.
+        bin.set_property("async-handling", true);
+        let queue = gst::ElementFactory::make("queue")
+            .property("max-size-buffers", 0u32)
+            .property("max-size-bytes", 0u32)
+            .property("max-size-time", self.queue.nseconds())
+            .property_from_str("leaky", "downstream")
+            .build()?;
+        let parse = gst::ElementFactory::make("h264parse").build()?;
+        if gst::ElementFactory::find("mp4mux").is_none() {
+            return Err(anyhow!("mp4mux (GStreamer isomp4 plugin) is not installed"));
+        }
+        // Each file gets a fresh muxer and sink (async-finalize): the finished file is closed
+        // in the background while the next one starts, and elements created inside a running
+        // pipeline pick up its clock. Fragments bound what a power cut can take; the sink is
+        // unbuffered so each fragment reaches the kernel at once, and not async, since a sink
+        // that wanted to preroll would take the live pipeline back to PAUSED.
+        let muxer_props = gst::Structure::builder("properties")
+            .field("fragment-duration", self.fragment_ms)
+            .build();
+        let sink_props = gst::Structure::builder("properties")
+            .field("async", false)
+            .build();
+        let splitmux = gst::ElementFactory::make("splitmuxsink")
+            .name("splitmux")
+            .property("async-finalize", true)
+            .property("muxer-factory", "mp4mux")
+            .property("muxer-properties", &muxer_props)
+            .property("sink-factory", "filesink")
+            .property("sink-properties", &sink_props)
+            .property("max-size-time", self.segment.nseconds())
+            .property("send-keyframe-requests", false)
+            .build()?;
+        bin.add_many([&queue, &parse, &splitmux])?;
+        gst::Element::link_many([&queue, &parse, &splitmux])?;
+        let sink_pad = queue
+            .static_pad("sink")
+            .ok_or_else(|| anyhow!("queue has no sink pad"))?;
+        bin.add_pad(&gst::GhostPad::with_target(&sink_pad)?)?;
+
+        // Streaming thread: a file must begin with a keyframe; delta frames before it go.
+        let started = Arc::new(AtomicBool::new(false));
+        let s = self.shared.clone();
+        sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let Some(buf) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if !started.load(Ordering::Relaxed) {
+                if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                    return gst::PadProbeReturn::Drop;
+                }
+                started.store(true, Ordering::Relaxed);
+            }
+            s.frames_in.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+        let s = self.shared.clone();
+        if let Some(pad) = splitmux.static_pad("video") {
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                s.frames_out.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        }
+
+        // Streaming thread, at each new file. Must not panic and must answer a path.
+        let s = self.shared.clone();
+        splitmux.connect("format-location-full", false, move |args| {
+            // splitmuxsink names a file once its first GOP is complete, up to a GOP after that
+            // GOP began: date the file by its first frame, not by now.
+            let lag = args
+                .first()
+                .and_then(|v| v.get::<gst::Element>().ok())
+                .zip(args.get(2).and_then(|v| v.get::<gst::Sample>().ok()))
+                .and_then(|(e, sample)| {
+                    let pts = sample.buffer()?.pts()?;
+                    let seg = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+                    let first = seg.to_running_time(pts)?;
+                    e.current_running_time()?.checked_sub(first)
+                })
+                .unwrap_or(gst::ClockTime::ZERO);
+            let path = s.open_segment(Duration::from_nanos(lag.nseconds()));
+            Some(path.display().to_string().to_value())
+        });
+        Ok(bin)
+    }
+
+    /// Attaches the recording branch to the encoded tee. Main-loop thread.
+    pub fn attach(&mut self, pipeline: &gst::Pipeline, tee: &gst::Element) -> Result<()> {
+        prepare_dir(&self.shared.dir)?;
+        if self.shared.boot.load(Ordering::SeqCst) == 0 {
+            let boot = next_boot(&self.shared.dir)?;
+            self.shared.boot.store(boot.max(1), Ordering::SeqCst);
+        }
+        let bin = self.build()?;
+        self.failed = Some(bin.clone());
+        let b = branch::attach(pipeline, tee, bin, true)?;
+        self.failed = None;
+        self.branch = Some(b);
+        log::info!("recording: to {}", self.shared.dir.display());
+        Ok(())
+    }
+
+    /// Detaches after an error and says how to recover; None when the branch was already
+    /// detached (one failure often posts several errors). Main-loop thread.
+    pub fn on_error(
+        &mut self,
+        pipeline: &gst::Pipeline,
+        tee: &gst::Element,
+        err: &glib::Error,
+    ) -> Option<Recovery> {
+        let b = self.branch.take()?;
+        self.failed = Some(b.bin.clone());
+        branch::detach(pipeline, tee, b);
+        if let Ok(mut c) = self.shared.current.lock() {
+            *c = None;
+        }
+        if err.matches(gst::ResourceError::NoSpaceLeft) {
+            // Make room if our own old files can give it; the rest is up to the user.
+            let _ = self.shared.retention.send(None);
+            Some(Recovery::WaitForSpace)
+        } else {
+            Some(Recovery::Retry)
+        }
+    }
+
+    /// One line for the log at shutdown and for tests.
+    pub fn summary(&self) -> String {
+        let s = &self.shared;
+        let (fin, fout) = (
+            s.frames_in.load(Ordering::Relaxed),
+            s.frames_out.load(Ordering::Relaxed),
+        );
+        format!(
+            "recording: {fout} frames written in {} files, {} dropped before the muxer",
+            s.files.load(Ordering::Relaxed),
+            fin.saturating_sub(fout)
+        )
+    }
+}
+
+impl Shared {
+    /// Names the next file, creates its directory and queues retention. Streaming thread.
+    fn open_segment(&self, age: Duration) -> PathBuf {
+        let seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
+        let name = SegmentName {
+            id: SegmentId {
+                boot: self.boot.load(Ordering::SeqCst),
+                segment: seq,
+            },
+            start: naming::wall_clock_at(age),
+        };
+        let path = self.dir.join(naming::relative_path(&self.device, &name));
+        if let Some(parent) = path.parent() {
+            // The card may have been emptied or replaced: recreate the layout each time.
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                log::error!("recording: cannot create {}: {e}", parent.display());
+            }
+        }
+        self.files.fetch_add(1, Ordering::Relaxed);
+        log::info!("recording: segment {}", path.display());
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some(path.clone());
+        }
+        let _ = self.retention.send(Some(path.clone()));
+        path
+    }
+}
+
+/// Retention thread: deletes what the policy says at start-up and at every segment boundary,
+/// off the streaming and main-loop threads (deleting a large file can take a while on SD).
+fn retention_thread(
+    rx: mpsc::Receiver<Option<PathBuf>>,
+    dir: PathBuf,
+    device: String,
+    policy: Policy,
+) {
+    let mut last_unmet: Option<String> = None;
+    while let Ok(mut current) = rx.recv() {
+        // Coalesce a burst of requests.
+        while let Ok(next) = rx.recv_timeout(Duration::from_millis(50)) {
+            current = next;
+        }
+        let out = retention::enforce(
+            &dir,
+            &device,
+            &policy,
+            current.as_deref(),
+            naming::wall_clock(),
+        );
+        for p in &out.deleted {
+            log::info!("retention: deleted {}", p.display());
+        }
+        if out.unmet != last_unmet {
+            if let Some(m) = &out.unmet {
+                log::warn!("retention: {m}");
+            }
+            last_unmet = out.unmet;
+        }
+    }
+}
