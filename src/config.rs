@@ -387,7 +387,7 @@ impl Default for EncoderConfig {
         Self {
             name: "auto".into(),
             bitrate_kbps: Ranged(2500),
-            keyframe_interval_ms: Ranged(1000),
+            keyframe_interval_ms: Ranged(500),
             profile: H264Profile::ConstrainedBaseline,
             low_latency: true,
         }
@@ -465,7 +465,7 @@ pub struct RecordingConfig {
     pub enabled: bool,
     pub dir: String,
     pub segment_seconds: Ranged<1, 86_400>,
-    pub fragment_ms: Ranged<100, 10_000>,
+    pub index_interval_ms: Ranged<100, 10_000>,
     pub max_bytes: ByteSize,
     pub min_free: FreeSpace,
     pub max_age: Seconds,
@@ -479,7 +479,7 @@ impl Default for RecordingConfig {
             enabled: true,
             dir: "/data/recordings".into(),
             segment_seconds: Ranged(60),
-            fragment_ms: Ranged(500),
+            index_interval_ms: Ranged(250),
             max_bytes: ByteSize(0),
             min_free: FreeSpace::Percent(10.0),
             max_age: Seconds(0),
@@ -681,7 +681,7 @@ mod tests {
         let c = Config::from_str_with_origin("t", "").unwrap();
         assert_eq!(c.rtsp.port.get(), 8554);
         assert_eq!(c.rtsp.mount.as_str(), "/live");
-        assert_eq!(c.keyframe_frames(), 30);
+        assert_eq!(c.keyframe_frames(), 15);
     }
 
     #[test]

@@ -470,7 +470,9 @@ pub fn run(cfg: Config) -> Result<i32> {
                 w.src().map(|s| s.name().to_string()).unwrap_or_default(),
                 w.error()
             ),
-            MessageView::Eos(_) => {
+            // While running, an end-of-stream only means the last sink went (a failed branch
+            // finalising); the graph goes on.
+            MessageView::Eos(_) if st_bus.borrow().stopping => {
                 log::info!("end-of-stream reached every sink");
                 st_bus.borrow().main_loop.quit();
             }

@@ -1,6 +1,11 @@
-//! Continuous recording to the SD card: a branch on the encoded tee into splitmuxsink writing
-//! fragmented MP4, so a power cut costs at most the open fragment and the GOP splitmuxsink holds,
-//! never the file. Segments split only at keyframes, so every frame lands in exactly one file.
+//! Continuous recording to the SD card: a branch on the encoded tee into splitmuxsink writing MP4
+//! with robust muxing (mp4mux rewrites the index in reserved space every `index_interval_ms`),
+//! so a power cut costs at most the GOP splitmuxsink holds plus one index interval, never the
+//! file. Segments split only at keyframes, so every frame lands in exactly one file.
+//!
+//! Measured (kill -9, 500 ms keyframe interval, 250 ms index interval): 0.2 to 0.7 s lost.
+//! Fragmented MP4 was measured too and lost about two GOPs (mp4mux starts fragments only at
+//! keyframes, on top of the GOP splitmuxsink holds): 2.6 s at a 1 s keyframe interval.
 
 pub mod list;
 pub mod mp4;
@@ -48,7 +53,7 @@ pub struct Recorder {
     shared: Arc<Shared>,
     policy: Policy,
     segment: gst::ClockTime,
-    fragment_ms: u32,
+    index_interval: gst::ClockTime,
     queue: gst::ClockTime,
     branch: Option<Branch>,
     /// The last failed bin, kept so its late bus messages can still be attributed.
@@ -122,7 +127,7 @@ impl Recorder {
             shared,
             policy,
             segment: gst::ClockTime::from_seconds(r.segment_seconds.get() as u64),
-            fragment_ms: r.fragment_ms.u32(),
+            index_interval: gst::ClockTime::from_mseconds(r.index_interval_ms.get() as u64),
             queue: gst::ClockTime::from_seconds(r.queue_seconds.get() as u64),
             branch: None,
             failed: None,
@@ -180,12 +185,19 @@ impl Recorder {
             return Err(anyhow!("mp4mux (GStreamer isomp4 plugin) is not installed"));
         }
         // Each file gets a fresh muxer and sink (async-finalize): the finished file is closed
-        // in the background while the next one starts, and elements created inside a running
-        // pipeline pick up its clock. Fragments bound what a power cut can take; the sink is
-        // unbuffered so each fragment reaches the kernel at once, and not async, since a sink
-        // that wanted to preroll would take the live pipeline back to PAUSED.
+        // in the background while the next one starts. Robust muxing keeps an up-to-date index
+        // in space reserved for a segment of up to twice the configured length (a segment ends
+        // at the first keyframe after it); the sink is not async, since a sink that wanted to
+        // preroll would take the live pipeline back to PAUSED.
         let muxer_props = gst::Structure::builder("properties")
-            .field("fragment-duration", self.fragment_ms)
+            .field(
+                "reserved-max-duration",
+                self.segment.nseconds() * 2 + 10_000_000_000,
+            )
+            .field(
+                "reserved-moov-update-period",
+                self.index_interval.nseconds(),
+            )
             .build();
         let sink_props = gst::Structure::builder("properties")
             .field("async", false)
@@ -219,6 +231,11 @@ impl Recorder {
                     return gst::PadProbeReturn::Drop;
                 }
                 started.store(true, Ordering::Relaxed);
+                let ms = crate::stamp::now_us() / 1000;
+                log::info!(
+                    "recording: first frame at {} ({ms} ms since the epoch)",
+                    naming::rfc3339(ms / 1000)
+                );
             }
             s.frames_in.fetch_add(1, Ordering::Relaxed);
             gst::PadProbeReturn::Ok
@@ -280,8 +297,13 @@ impl Recorder {
         let b = self.branch.take()?;
         self.failed = Some(b.bin.clone());
         branch::detach(pipeline, tee, b);
-        if let Ok(mut c) = self.shared.current.lock() {
-            *c = None;
+        // The file being written when the error struck keeps what its index covers; one left
+        // with no playable frame (the error hit as it opened) is only clutter.
+        if let Some(path) = self.shared.current.lock().ok().and_then(|mut c| c.take()) {
+            if mp4::duration(&path).is_none_or(|d| d <= 0.0) && std::fs::remove_file(&path).is_ok()
+            {
+                log::info!("recording: removed {} (no playable frame)", path.display());
+            }
         }
         if err.matches(gst::ResourceError::NoSpaceLeft) {
             // Make room if our own old files can give it; the rest is up to the user.

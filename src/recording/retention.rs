@@ -106,9 +106,13 @@ pub fn enforce(
         (age, Some(start), Some(now)) => now.saturating_sub(start) > age,
     };
     let over_size = |total: u64| policy.max_bytes > 0 && total + policy.reserve > policy.max_bytes;
+    // min_free = 0 asks for no deletion for space at all: a full disk then pauses recording
+    // and nothing recorded is touched.
     let low_space = |free: Option<(u64, u64)>| match free {
-        Some((avail, size)) => avail < policy.min_free.bytes_of(size) + policy.reserve,
-        None => false,
+        Some((avail, size)) if policy.min_free.bytes_of(size) > 0 => {
+            avail < policy.min_free.bytes_of(size) + policy.reserve
+        }
+        _ => false,
     };
 
     while let Some(oldest) = files.first() {
