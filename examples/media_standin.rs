@@ -1,0 +1,277 @@
+//! A development stand-in for the remote media server (MediaMTX in production), for machines
+//! where MediaMTX cannot be installed. NOT for production use.
+//!
+//! - accepts RTSP pushes (ANNOUNCE/RECORD, e.g. from rtspclientsink) on
+//!   rtsp://127.0.0.1:<push-port>/channel/<path>, mounts created on demand;
+//! - re-serves each pushed stream to RTSP readers on rtsp://127.0.0.1:<read-port>/channel/<path>
+//!   (no re-encode: appsink → appsrc, as the device does);
+//! - writes HLS (hlssink2, 1 s segments) under <dir>/channel/<path>/index.m3u8 and serves <dir>
+//!   over HTTP with CORS on http://127.0.0.1:<http-port>/.
+//!
+//! cargo run --example media_standin -- [--push-port 8555] [--read-port 8556] [--http-port 8888]
+//!     [--dir /tmp/camstream-media] [--bind 127.0.0.1]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context, Result};
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+/// Readers' appsrcs per pushed path.
+type Readers = Arc<Mutex<HashMap<String, Vec<gst_app::AppSrc>>>>;
+
+struct Args {
+    bind: String,
+    push_port: u16,
+    read_port: u16,
+    http_port: u16,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        bind: "127.0.0.1".into(),
+        push_port: 8555,
+        read_port: 8556,
+        http_port: 8888,
+        dir: PathBuf::from("/tmp/camstream-media"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--bind" => a.bind = v,
+            "--push-port" => a.push_port = v.parse()?,
+            "--read-port" => a.read_port = v.parse()?,
+            "--http-port" => a.http_port = v.parse()?,
+            "--dir" => a.dir = PathBuf::from(v),
+            _ => return Err(anyhow!("unknown option {k}")),
+        }
+    }
+    Ok(a)
+}
+
+/// The id in `rtsp://host:port/channel/<id>[/...]` when it is a safe one, else None.
+fn channel_path(uri: &str) -> Option<String> {
+    let id = &uri[uri.find("/channel/")? + "/channel/".len()..];
+    let id = id.split('/').next()?;
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| id.to_string())
+}
+
+fn record_factory(id: &str, dir: &Path, readers: &Readers) -> gst_rtsp_server::RTSPMediaFactory {
+    let out = dir.join("channel").join(id);
+    let _ = std::fs::create_dir_all(&out);
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+    factory.set_launch(&format!(
+        "( rtph264depay name=depay0 ! h264parse config-interval=-1 ! tee name=t \
+           t. ! queue ! hlssink2 target-duration=1 max-files=10 playlist-length=5 \
+                location=\"{seg}\" playlist-location=\"{pl}\" \
+           t. ! queue leaky=downstream max-size-buffers=60 ! video/x-h264,stream-format=byte-stream,alignment=au \
+              ! appsink name=fwd sync=false )",
+        seg = out.join("segment%05d.ts").display(),
+        pl = out.join("index.m3u8").display(),
+    ));
+    factory.set_latency(0);
+    let readers = readers.clone();
+    let id = id.to_string();
+    factory.connect_media_configure(move |_, media| {
+        let Some(sink) = media
+            .element()
+            .downcast_ref::<gst::Bin>()
+            .and_then(|b| b.by_name("fwd"))
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        else {
+            return;
+        };
+        eprintln!("media-standin: push started on /channel/{id}");
+        let readers = readers.clone();
+        let id = id.clone();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    // Readers run on their own clocks: they timestamp on arrival.
+                    let mut b = buf.copy();
+                    {
+                        let b = b.get_mut().expect("fresh copy");
+                        b.set_pts(gst::ClockTime::NONE);
+                        b.set_dts(gst::ClockTime::NONE);
+                    }
+                    if let Ok(mut r) = readers.lock() {
+                        if let Some(list) = r.get_mut(&id) {
+                            list.retain(|src| {
+                                if src.caps().is_none() {
+                                    src.set_caps(Some(&caps.to_owned()));
+                                }
+                                src.push_buffer(b.clone()).is_ok()
+                            });
+                        }
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    });
+    factory
+}
+
+fn read_factory(id: &str, readers: &Readers) -> gst_rtsp_server::RTSPMediaFactory {
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(
+        "( appsrc name=src is-live=true format=time do-timestamp=true \
+           ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+    );
+    factory.set_shared(true);
+    let readers = readers.clone();
+    let id = id.to_string();
+    factory.connect_media_configure(move |_, media| {
+        if let Some(src) = media
+            .element()
+            .downcast_ref::<gst::Bin>()
+            .and_then(|b| b.by_name("src"))
+            .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        {
+            if let Ok(mut r) = readers.lock() {
+                r.entry(id.clone()).or_default().push(src);
+            }
+        }
+    });
+    factory
+}
+
+fn serve_http(listener: TcpListener, root: PathBuf) {
+    for stream in listener.incoming().flatten() {
+        let root = root.clone();
+        std::thread::spawn(move || {
+            let _ = handle_http(stream, &root);
+        });
+    }
+}
+
+fn handle_http(mut stream: TcpStream, root: &Path) -> Result<()> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream.try_clone()?);
+    reader.read_line(&mut line)?;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let path = target.split('?').next().unwrap_or("/");
+    let cors = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\n";
+    if method == "OPTIONS" {
+        write!(
+            stream,
+            "HTTP/1.1 204 No Content\r\n{cors}Content-Length: 0\r\n\r\n"
+        )?;
+        return Ok(());
+    }
+    let rel = path.trim_start_matches('/');
+    let safe = !rel.split('/').any(|c| c == ".." || c.is_empty()) || rel.is_empty();
+    let file = root.join(rel);
+    match (safe, std::fs::read(&file)) {
+        (true, Ok(body)) if file.is_file() => {
+            let ctype = match file.extension().and_then(|e| e.to_str()) {
+                Some("m3u8") => "application/vnd.apple.mpegurl",
+                Some("ts") => "video/mp2t",
+                _ => "application/octet-stream",
+            };
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\n{cors}Content-Type: {ctype}\r\nCache-Control: no-cache\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )?;
+            if method != "HEAD" {
+                stream.write_all(&body)?;
+            }
+        }
+        _ => write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\n{cors}Content-Length: 0\r\n\r\n"
+        )?,
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    gst::init()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let readers: Readers = Arc::default();
+
+    let push = gst_rtsp_server::RTSPServer::new();
+    push.set_address(&args.bind);
+    push.set_service(&args.push_port.to_string());
+    let read = gst_rtsp_server::RTSPServer::new();
+    read.set_address(&args.bind);
+    read.set_service(&args.read_port.to_string());
+
+    let push_mounts = push.mount_points().context("mount points")?;
+    let read_mounts = read.mount_points().context("mount points")?;
+    let dir = args.dir.clone();
+    let r = readers.clone();
+    let created: Mutex<std::collections::HashSet<String>> = Mutex::default();
+    // Mounts appear on demand: the first request naming /channel/<id> creates both sides.
+    let ensure = Arc::new(move |uri: &str| {
+        let Some(id) = channel_path(uri) else { return };
+        let Ok(mut created) = created.lock() else {
+            return;
+        };
+        if created.insert(id.clone()) {
+            let mount = format!("/channel/{id}");
+            push_mounts.add_factory(&mount, record_factory(&id, &dir, &r));
+            read_mounts.add_factory(&mount, read_factory(&id, &r));
+        }
+    });
+    push.connect_client_connected(move |_, client| {
+        let e = ensure.clone();
+        client.connect_pre_options_request(move |_, ctx| {
+            if let Some(uri) = ctx.uri() {
+                e(uri.request_uri().as_str());
+            }
+            gst_rtsp::RTSPStatusCode::Ok
+        });
+        let e = ensure.clone();
+        client.connect_pre_announce_request(move |_, ctx| {
+            if let Some(uri) = ctx.uri() {
+                e(uri.request_uri().as_str());
+            }
+            gst_rtsp::RTSPStatusCode::Ok
+        });
+    });
+    push.attach(None)
+        .map_err(|_| anyhow!("cannot listen on {}:{}", args.bind, args.push_port))?;
+    read.attach(None)
+        .map_err(|_| anyhow!("cannot listen on {}:{}", args.bind, args.read_port))?;
+
+    let http = TcpListener::bind((args.bind.as_str(), args.http_port))
+        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.http_port))?;
+    let root = args.dir.clone();
+    std::thread::spawn(move || serve_http(http, root));
+
+    println!(
+        "media-standin: push rtsp://{b}:{}/channel/<path>, read rtsp://{b}:{}/channel/<path>, HLS http://{b}:{}/channel/<path>/index.m3u8",
+        args.push_port,
+        args.read_port,
+        args.http_port,
+        b = args.bind
+    );
+    glib::MainLoop::new(None, false).run();
+    Ok(())
+}
