@@ -275,6 +275,8 @@ pub struct Config {
     pub rtsp: RtspConfig,
     pub display: DisplayConfig,
     pub recording: RecordingConfig,
+    pub signal: SignalConfig,
+    pub uplink: UplinkConfig,
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
 }
@@ -491,6 +493,56 @@ impl Default for RecordingConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct SignalConfig {
+    pub enabled: bool,
+    /// Socket.IO server, http(s)://host[:port][/path].
+    pub url: String,
+    /// When set, a viewer's `auth` must carry it (as a string or `{"token": ...}`).
+    pub token: String,
+    pub lease_seconds: Ranged<1, 3600>,
+    pub reconnect_max_seconds: Ranged<1, 600>,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: String::new(),
+            token: String::new(),
+            lease_seconds: Ranged(30),
+            reconnect_max_seconds: Ranged(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// Where the stream is pushed while viewers watch; `{path}` is the session's path id.
+    pub url: String,
+    /// `{random}` (128-bit random, new per session) or a template with `{device}`.
+    pub path: String,
+    pub user: String,
+    pub password: String,
+    pub queue_buffers: Ranged<1, 1000>,
+    pub retry_max_seconds: Ranged<1, 600>,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            url: "rtsp://127.0.0.1:8554/channel/{path}".into(),
+            path: "{random}".into(),
+            user: String::new(),
+            password: String::new(),
+            queue_buffers: Ranged(60),
+            retry_max_seconds: Ranged(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// "auto" (matched against the board's device-tree model) or a profile name such as "rpi4".
     pub profile: String,
@@ -647,6 +699,36 @@ impl Config {
         }
         if self.recording.enabled && self.recording.dir.trim().is_empty() {
             bail!("key `recording.dir`: must not be empty while recording is enabled");
+        }
+        if self.signal.enabled {
+            let u = self.signal.url.as_str();
+            if !(u.starts_with("http://")
+                || u.starts_with("https://")
+                || u.starts_with("ws://")
+                || u.starts_with("wss://"))
+            {
+                bail!("key `signal.url`: must be an http(s):// or ws(s):// URL when signal.enabled, got {u:?}");
+            }
+        }
+        let up = &self.uplink;
+        if !(up.url.starts_with("rtsp://") || up.url.starts_with("rtsps://"))
+            || !up.url.contains("{path}")
+        {
+            bail!("key `uplink.url`: must be an rtsp:// or rtsps:// URL containing {{path}}, got {:?}", up.url);
+        }
+        let expanded = up.path.replace("{random}", "r").replace("{device}", "d");
+        if expanded.is_empty()
+            || !expanded
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "key `uplink.path`: may hold {{random}}, {{device}}, letters, digits, '-' and '_', got {:?}",
+                up.path
+            );
+        }
+        if up.user.is_empty() != up.password.is_empty() {
+            bail!("keys `uplink.user` and `uplink.password`: set both or neither");
         }
         if self.camera.formats.is_empty() {
             bail!("key `camera.formats`: must list at least one format");

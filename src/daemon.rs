@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use gst::prelude::*;
@@ -18,6 +18,8 @@ use crate::plan::{self, SourceOutput};
 use crate::profile::Profiles;
 use crate::recording::{Recorder, Recovery};
 use crate::rtsp::RtspServer;
+use crate::signal::{self, Command};
+use crate::uplink::Uplink;
 
 struct State {
     cfg: Config,
@@ -37,6 +39,12 @@ struct State {
     rtsp: Option<RtspServer>,
     recorder: Option<Recorder>,
     recording_backoff: Backoff,
+    uplink: Option<Uplink>,
+    uplink_backoff: Backoff,
+    /// Viewers are watching until then (renewed by their heartbeats).
+    lease_until: Option<Instant>,
+    /// Paths to announce with `bridge`.
+    bridge_tx: Option<tokio::sync::mpsc::Sender<String>>,
     main_loop: glib::MainLoop,
     exit_code: i32,
     stopping: bool,
@@ -277,11 +285,142 @@ fn wait_for_space(st: &Shared) {
     });
 }
 
+/// Attaches the uplink if viewers want it and it is not attached. Main-loop thread.
+fn try_uplink(st: &Shared, new_session: bool) {
+    let result = {
+        let mut guard = st.borrow_mut();
+        let s = &mut *guard;
+        let wanted = s.lease_until.is_some_and(|t| t > Instant::now());
+        match s.uplink.as_mut() {
+            Some(u) if wanted && !s.stopping && !u.is_attached() => {
+                u.attach(&s.pipeline, &s.enc_tee, new_session)
+            }
+            _ => return,
+        }
+    };
+    match result {
+        Ok(()) => st.borrow_mut().uplink_backoff.started(),
+        Err(e) => retry_uplink(st, &format!("{e:#}")),
+    }
+}
+
+fn retry_uplink(st: &Shared, why: &str) {
+    let delay = st.borrow_mut().uplink_backoff.failed();
+    log::warn!(
+        "uplink: {why}; recording and local RTSP go on; retrying in {} s while viewers watch",
+        delay.as_secs()
+    );
+    let st = st.clone();
+    glib::timeout_add_local_once(delay, move || try_uplink(&st, false));
+}
+
+/// A command from the signalling thread. Main-loop thread.
+fn on_command(st: &Shared, cmd: Command, lease: Duration, token_required: bool) {
+    let fresh = {
+        let mut s = st.borrow_mut();
+        let active = s.lease_until.is_some_and(|t| t > Instant::now());
+        match cmd {
+            // Without a token, a heartbeat may (re)start a session too: a viewer that kept
+            // watching through a device restart only sends heartbeats.
+            Command::Auth => {}
+            Command::Ping if active || !token_required => {}
+            Command::Ping => return,
+        }
+        s.lease_until = Some(Instant::now() + lease);
+        !active
+    };
+    let attached = st.borrow().uplink.as_ref().is_some_and(|u| u.is_attached());
+    if !attached {
+        try_uplink(st, fresh);
+        return;
+    }
+    if cmd == Command::Auth {
+        // Already live: the new viewer can play at once.
+        let s = st.borrow();
+        if let (Some(path), Some(tx)) =
+            (s.uplink.as_ref().and_then(|u| u.live_path()), &s.bridge_tx)
+        {
+            let _ = tx.try_send(path.to_string());
+        }
+    }
+}
+
+fn on_uplink_live(st: &Shared, generation: u64) {
+    let s = &mut *st.borrow_mut();
+    let Some(path) = s.uplink.as_mut().and_then(|u| u.on_live(generation)) else {
+        return;
+    };
+    log::info!("uplink: live at path {path}");
+    if let Some(tx) = &s.bridge_tx {
+        let _ = tx.try_send(path);
+    }
+}
+
+/// Ends the uplink when no heartbeat renewed the lease. Main-loop thread, four times a second.
+fn check_lease(st: &Shared) {
+    let s = &mut *st.borrow_mut();
+    let expired = s.lease_until.is_some_and(|t| t <= Instant::now());
+    if !expired {
+        return;
+    }
+    s.lease_until = None;
+    let (p, t) = (s.pipeline.clone(), s.enc_tee.clone());
+    if let Some(u) = s.uplink.as_mut() {
+        if u.is_attached() {
+            log::info!("uplink: no viewer heartbeat within the lease, stopping");
+        }
+        u.detach(&p, &t, true);
+    }
+}
+
+/// Wires the signalling thread and the uplink into the main loop.
+fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
+    use tokio::sync::mpsc;
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (bridge_tx, bridge_rx) = mpsc::channel::<String>(16);
+    let (live_tx, mut live_rx) = mpsc::channel::<u64>(16);
+    signal::spawn(
+        cfg.signal.clone(),
+        cfg.device.id.as_str().to_string(),
+        cmd_tx,
+        bridge_rx,
+    )
+    .context("cannot start the signalling thread")?;
+    {
+        let mut s = st.borrow_mut();
+        s.uplink = Some(Uplink::new(&cfg.uplink, cfg.device.id.as_str(), live_tx));
+        s.bridge_tx = Some(bridge_tx);
+    }
+    let ctx = glib::MainContext::default();
+    let lease = Duration::from_secs(cfg.signal.lease_seconds.get() as u64);
+    let token_required = !cfg.signal.token.is_empty();
+    let st1 = st.clone();
+    ctx.spawn_local(async move {
+        while let Some(cmd) = cmd_rx.recv().await {
+            on_command(&st1, cmd, lease, token_required);
+        }
+    });
+    let st2 = st.clone();
+    ctx.spawn_local(async move {
+        while let Some(generation) = live_rx.recv().await {
+            on_uplink_live(&st2, generation);
+        }
+    });
+    let st3 = st.clone();
+    glib::timeout_add_local(Duration::from_millis(250), move || {
+        check_lease(&st3);
+        glib::ControlFlow::Continue
+    });
+    log::info!("remote viewing: signalling at {}", cfg.signal.url);
+    Ok(())
+}
+
 /// Which part of the graph a bus message came from.
 enum Origin {
     Source,
     Display,
     Recording,
+    Uplink,
     Rtsp,
     Core,
 }
@@ -300,6 +439,8 @@ fn origin_of(st: &State, obj: &gst::Object) -> Origin {
         Origin::Display
     } else if st.recorder.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Recording
+    } else if st.uplink.as_ref().is_some_and(|u| u.owns(obj)) {
+        Origin::Uplink
     } else if st.rtsp.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Rtsp
     } else {
@@ -373,6 +514,22 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
                     glib::timeout_add_local_once(delay, move || try_recording(&st));
                 }
                 None => {}
+            }
+        }
+        Origin::Uplink => {
+            let detached = {
+                let s = &mut *st.borrow_mut();
+                let (p, t) = (s.pipeline.clone(), s.enc_tee.clone());
+                match s.uplink.as_mut() {
+                    Some(u) if u.is_attached() => {
+                        u.detach(&p, &t, false);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if detached {
+                retry_uplink(st, &format!("{} failed: {text}", src.name()));
             }
         }
         Origin::Rtsp => log::warn!("RTSP branch {}: {text}", src.name()),
@@ -452,6 +609,10 @@ pub fn run(cfg: Config) -> Result<i32> {
         rtsp: None,
         recorder: cfg.recording.enabled.then(|| Recorder::new(&cfg)),
         recording_backoff: Backoff::new(cfg.recording.retry_max_seconds.get()),
+        uplink: None,
+        uplink_backoff: Backoff::new(cfg.uplink.retry_max_seconds.get()),
+        lease_until: None,
+        bridge_tx: None,
         main_loop: main_loop.clone(),
         exit_code: 0,
         stopping: false,
@@ -465,6 +626,14 @@ pub fn run(cfg: Config) -> Result<i32> {
         use gst::MessageView;
         match msg.view() {
             MessageView::Error(e) => on_error(&st_bus, e),
+            MessageView::Progress(p) => {
+                let s = &mut *st_bus.borrow_mut();
+                if let (Some(u), Some(src)) = (s.uplink.as_mut(), p.src()) {
+                    if u.owns(src) {
+                        u.on_progress(p);
+                    }
+                }
+            }
             MessageView::Warning(w) => log::warn!(
                 "{}: {}",
                 w.src().map(|s| s.name().to_string()).unwrap_or_default(),
@@ -497,6 +666,9 @@ pub fn run(cfg: Config) -> Result<i32> {
         st.borrow_mut().rtsp = Some(server);
     }
     try_display(&st);
+    if cfg.signal.enabled {
+        start_remote_viewing(&st, &cfg)?;
+    }
 
     for sig in [nix::libc::SIGINT, nix::libc::SIGTERM] {
         let st = st.clone();

@@ -13,4 +13,6 @@ pub mod probe;
 pub mod profile;
 pub mod recording;
 pub mod rtsp;
+pub mod signal;
 pub mod stamp;
+pub mod uplink;

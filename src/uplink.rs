@@ -1,0 +1,200 @@
+//! The uplink: a branch on the encoded tee pushing to the remote media server with
+//! rtspclientsink while viewers watch. Its failures stay its own: the branch is detached and
+//! retried, recording and the local RTSP server never notice.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use gst::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::branch::{self, Branch};
+use crate::config::UplinkConfig;
+
+/// A new, unguessable path id: 128 random bits, hex (URL-safe).
+pub fn random_path() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub struct Uplink {
+    cfg: UplinkConfig,
+    device: String,
+    branch: Option<Branch>,
+    failed: Option<gst::Bin>,
+    path: Option<String>,
+    /// Bumped at each attach, so a late "live" from an old branch is ignored.
+    generation: Arc<AtomicU64>,
+    live: bool,
+    /// Set when the server answered RECORD; the next keyframe out makes the uplink live.
+    recording: Arc<AtomicBool>,
+    live_tx: mpsc::Sender<u64>,
+}
+
+impl Uplink {
+    /// `live_tx` receives the generation of a branch whose first keyframe after RECORD went out.
+    pub fn new(cfg: &UplinkConfig, device: &str, live_tx: mpsc::Sender<u64>) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            device: device.to_string(),
+            branch: None,
+            failed: None,
+            path: None,
+            generation: Arc::new(AtomicU64::new(0)),
+            live: false,
+            recording: Arc::new(AtomicBool::new(false)),
+            live_tx,
+        }
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.branch.is_some()
+    }
+
+    /// The path viewers play, once live.
+    pub fn live_path(&self) -> Option<&str> {
+        self.live.then_some(self.path.as_deref()).flatten()
+    }
+
+    pub fn owns(&self, obj: &gst::Object) -> bool {
+        self.branch
+            .as_ref()
+            .map(|b| &b.bin)
+            .into_iter()
+            .chain(self.failed.as_ref())
+            .any(|b| branch::contains(b, obj))
+    }
+
+    /// Starts pushing; a new session gets a new path, a retry keeps it. Main-loop thread.
+    pub fn attach(
+        &mut self,
+        pipeline: &gst::Pipeline,
+        tee: &gst::Element,
+        new_session: bool,
+    ) -> Result<()> {
+        if new_session || self.path.is_none() {
+            let path = self
+                .cfg
+                .path
+                .replace("{device}", &self.device)
+                .replace("{random}", &random_path()?);
+            self.path = Some(path);
+        }
+        let path = self.path.clone().unwrap_or_default();
+        let location = self.cfg.url.replace("{path}", &path);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.live = false;
+        self.recording.store(false, Ordering::SeqCst);
+
+        let bin = gst::Bin::with_name("uplink");
+        // rtspclientsink completes its change to PAUSED only after connecting: the bin keeps
+        // that wait from taking the running pipeline out of PLAYING.
+        bin.set_property("async-handling", true);
+        // Leaky: a slow or dead link drops old frames here, never holds up the encoder.
+        let queue = gst::ElementFactory::make("queue")
+            .property("max-size-buffers", self.cfg.queue_buffers.u32())
+            .property("max-size-bytes", 0u32)
+            .property("max-size-time", 0u64)
+            .property_from_str("leaky", "downstream")
+            .build()?;
+        let mut sink = gst::ElementFactory::make("rtspclientsink")
+            .name("rtspclientsink")
+            .property("location", &location)
+            .property("latency", 0u32)
+            .property_from_str("protocols", "tcp");
+        if !self.cfg.user.is_empty() {
+            sink = sink
+                .property("user-id", &self.cfg.user)
+                .property("user-pw", &self.cfg.password);
+        }
+        let sink = sink.build().map_err(|_| {
+            anyhow!("rtspclientsink (GStreamer rtsp-server plugins) is not installed")
+        })?;
+        bin.add_many([&queue, &sink])?;
+        queue.link(&sink)?;
+        let pad = queue
+            .static_pad("sink")
+            .ok_or_else(|| anyhow!("queue has no sink pad"))?;
+        bin.add_pad(&gst::GhostPad::with_target(&pad)?)?;
+
+        // Streaming thread: before the first keyframe, delta frames are useless to the server;
+        // the first keyframe after RECORD was answered makes the uplink live.
+        let (started, recording, tx, gen) = (
+            Arc::new(AtomicBool::new(false)),
+            self.recording.clone(),
+            self.live_tx.clone(),
+            self.generation.clone(),
+        );
+        let announced = AtomicBool::new(false);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let Some(buf) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            if !started.load(Ordering::Relaxed) {
+                if !key {
+                    return gst::PadProbeReturn::Drop;
+                }
+                started.store(true, Ordering::Relaxed);
+            }
+            if key && recording.load(Ordering::SeqCst) && !announced.swap(true, Ordering::SeqCst) {
+                if gen.load(Ordering::SeqCst) == generation {
+                    let _ = tx.try_send(generation);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+
+        self.failed = Some(bin.clone());
+        let b = branch::attach(pipeline, tee, bin, true)?;
+        self.failed = None;
+        self.branch = Some(b);
+        log::info!("uplink: pushing to {location}");
+        Ok(())
+    }
+
+    /// A progress message from the branch. Once rtspclientsink starts recording (it sends
+    /// RECORD and lets data through; GStreamer 1.22 posts no completion for it), the next
+    /// keyframe is the one viewers start on, so ask for it now. Main-loop thread.
+    pub fn on_progress(&mut self, msg: &gst::message::Progress) {
+        let (kind, code, text) = msg.get();
+        log::debug!("uplink: progress {kind:?} {code}: {text}");
+        let started = (code == "record" && text.contains("Starting recording"))
+            || (kind == gst::ProgressType::Complete
+                && code == "request"
+                && text.contains("RECORD"));
+        if started && !self.recording.load(Ordering::SeqCst) {
+            log::info!("uplink: server accepted the stream");
+            self.recording.store(true, Ordering::SeqCst);
+            if let Some(pad) = self.branch.as_ref().and_then(|b| b.bin.static_pad("sink")) {
+                branch::request_keyframe(&pad);
+            }
+        }
+    }
+
+    /// The branch of `generation` sent its first keyframe after RECORD. Returns the path to
+    /// announce, if that branch is still the current one.
+    pub fn on_live(&mut self, generation: u64) -> Option<String> {
+        if generation != self.generation.load(Ordering::SeqCst) || self.branch.is_none() {
+            return None;
+        }
+        self.live = true;
+        self.path.clone()
+    }
+
+    /// Stops pushing (last viewer gone, or an error). Main-loop thread.
+    pub fn detach(&mut self, pipeline: &gst::Pipeline, tee: &gst::Element, end_session: bool) {
+        self.live = false;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(b) = self.branch.take() {
+            self.failed = Some(b.bin.clone());
+            branch::detach(pipeline, tee, b);
+        }
+        if end_session {
+            self.path = None;
+        }
+    }
+}

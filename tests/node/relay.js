@@ -1,0 +1,23 @@
+// A plain Socket.IO v4 relay with rooms, as the seed's server behaves:
+// find(room) joins and answers create (room was empty) or join; auth, heartbeatping,
+// heartbeatpong and bridge go to the other members of the sender's rooms.
+// node relay.js PORT
+const { Server } = require("socket.io");
+const port = Number(process.argv[2] || 3000);
+const io = new Server(port, { cors: { origin: "*" } });
+io.on("connection", (socket) => {
+  socket.on("find", (room) => {
+    if (typeof room !== "string" || room.length > 64) return;
+    const size = io.sockets.adapter.rooms.get(room)?.size || 0;
+    socket.join(room);
+    socket.emit(size === 0 ? "create" : "join", room);
+  });
+  for (const ev of ["auth", "heartbeatping", "heartbeatpong", "bridge"]) {
+    socket.on(ev, (...args) => {
+      for (const room of socket.rooms) {
+        if (room !== socket.id) socket.to(room).emit(ev, ...args);
+      }
+    });
+  }
+});
+console.log(`relay listening on 127.0.0.1:${port}`);
