@@ -140,10 +140,12 @@ impl Uplink {
                 }
                 started.store(true, Ordering::Relaxed);
             }
-            if key && recording.load(Ordering::SeqCst) && !announced.swap(true, Ordering::SeqCst) {
-                if gen.load(Ordering::SeqCst) == generation {
-                    let _ = tx.try_send(generation);
-                }
+            if key
+                && recording.load(Ordering::SeqCst)
+                && !announced.swap(true, Ordering::SeqCst)
+                && gen.load(Ordering::SeqCst) == generation
+            {
+                let _ = tx.try_send(generation);
             }
             gst::PadProbeReturn::Ok
         });
