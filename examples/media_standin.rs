@@ -93,7 +93,7 @@ fn record_factory(id: &str, dir: &Path, readers: &Readers) -> gst_rtsp_server::R
         else {
             return;
         };
-        eprintln!("media-standin: push started on /channel/{id}");
+        println!("media-standin: push started on /channel/{id}");
         let readers = readers.clone();
         let id = id.clone();
         sink.set_callbacks(

@@ -95,7 +95,7 @@ impl Handler {
                     log::info!("signal: viewer authenticated");
                     self.send(Command::Auth);
                 } else {
-                    log::warn!("signal: auth refused: wrong or missing token");
+                    self.drop_event("auth refused: wrong or missing token");
                 }
             }
             "heartbeatping" => {
