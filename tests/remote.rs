@@ -76,6 +76,17 @@ impl Drop for Peer {
     }
 }
 
+/// camstream-signal, the project's own relay (built from signal/ by scripts/test).
+fn camstream_signal(port: u16) -> Peer {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("signal/target/debug/camstream-signal");
+    assert!(bin.exists(), "build it first: cargo build --manifest-path signal/Cargo.toml");
+    let mut c = Command::new(bin);
+    c.arg("--listen").arg(format!("127.0.0.1:{port}"));
+    let p = Peer::spawn(c);
+    assert!(p.wait_for("camstream-signal listening", Duration::from_secs(10)).is_some());
+    p
+}
+
 fn relay(port: u16) -> Peer {
     let mut c = Command::new("node");
     c.arg(node_dir().join("relay.js")).arg(port.to_string());
@@ -159,8 +170,17 @@ fn bridge_path(line: &str) -> String {
 
 #[test]
 fn viewer_gets_bridge_and_the_pushed_stream_is_readable_at_once() {
+    bridge_then_readable(relay);
+}
+
+#[test]
+fn bridge_through_camstream_signal() {
+    bridge_then_readable(camstream_signal);
+}
+
+fn bridge_then_readable(start_relay: fn(u16) -> Peer) {
     let relay_port = free_port();
-    let _relay = relay(relay_port);
+    let _relay = start_relay(relay_port);
     let media = media_standin(free_port());
     let dev = Device::start(
         "remote-bridge",

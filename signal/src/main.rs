@@ -1,0 +1,154 @@
+//! camstream-signal: the reference Socket.IO relay between camstream devices and viewers,
+//! wire-compatible with the seed's server.
+//!
+//! - `find <room>`: the sender joins the room and gets `create` if it was empty, else `join`;
+//! - `auth`, `heartbeatping`, `heartbeatpong`, `bridge`: relayed, with their arguments, to the
+//!   other members of the sender's rooms;
+//! - anything else, or a payload of the wrong type or size, is dropped.
+//!
+//! It also serves static files (the web viewer) and answers CORS as configured.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
+use clap::Parser;
+use serde_json::Value;
+use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::SocketIo;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Directory of static files to serve (the web viewer); none by default.
+    #[arg(long)]
+    static_dir: Option<PathBuf>,
+    /// Allowed CORS origin ("*" for any); repeatable. None: same origin only.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+}
+
+/// Events relayed between the members of a room.
+const RELAYED: [&str; 4] = ["auth", "heartbeatping", "heartbeatpong", "bridge"];
+/// Room names: device ids.
+fn valid_room(v: &Value) -> Option<String> {
+    let s = v.as_str()?;
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| s.to_string())
+}
+
+/// Arguments relayed: at most 4, each small. A 100 kB "auth" is not an auth.
+fn valid_args(v: &Value) -> bool {
+    let args = match v {
+        Value::Array(a) => a.as_slice(),
+        other => std::slice::from_ref(other),
+    };
+    args.len() <= 4
+        && serde_json::to_string(v)
+            .map(|s| s.len() <= 1024)
+            .unwrap_or(false)
+}
+
+/// Connect middleware: handlers are registered before the client learns it is connected, so
+/// events it sends straight away are not lost.
+async fn register_handlers(socket: SocketRef) -> Result<(), std::convert::Infallible> {
+    tracing::debug!(id = %socket.id, "connected");
+    socket.on("find", async |s: SocketRef, Data::<Value>(room)| {
+        let Some(room) = valid_room(&room) else {
+            tracing::debug!(id = %s.id, "find with a bad room id dropped");
+            return;
+        };
+        // Room emptiness is read before joining; one node serves the room.
+        let empty = s.within(room.clone()).sockets().is_empty();
+        s.join(room.clone());
+        let reply = if empty { "create" } else { "join" };
+        let _ = s.emit(reply, &room);
+        tracing::info!(id = %s.id, %room, reply, "find");
+    });
+    for ev in RELAYED {
+        // The seed's viewer sends `auth` and `heartbeatping` without arguments.
+        socket.on(ev, async move |s: SocketRef, TryData::<Value>(data)| {
+            let data = data.unwrap_or(Value::Null);
+            if !valid_args(&data) {
+                tracing::debug!(id = %s.id, ev, "oversized payload dropped");
+                return;
+            }
+            let rooms: Vec<String> = s
+                .rooms()
+                .into_iter()
+                .map(|r| r.to_string())
+                .filter(|r| *r != s.id.to_string())
+                .collect();
+            for room in rooms {
+                let op = s.to(room);
+                let sent = match &data {
+                    Value::Null => op.emit(ev, &()).await,
+                    Value::Array(a) if a.is_empty() => op.emit(ev, &()).await,
+                    Value::Array(a) if a.len() == 1 => op.emit(ev, &a[0]).await,
+                    other => op.emit(ev, other).await,
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(ev, "relay failed: {e}");
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "camstream_signal=info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
+    io.ns("/", (async |_: SocketRef| {}).with(register_handlers));
+
+    let mut app = axum::Router::new();
+    if let Some(dir) = &args.static_dir {
+        app = app.fallback_service(ServeDir::new(dir));
+    }
+    let mut app = app.layer(layer);
+    if !args.cors_origins.is_empty() {
+        let origin = if args.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                args.cors_origins
+                    .iter()
+                    .filter_map(|o| o.parse().ok())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        app = app.layer(CorsLayer::new().allow_origin(origin));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!("camstream-signal listening on {}", args.listen);
+    println!("camstream-signal listening on {}", args.listen);
+    // Nagle off: relayed events are small and latency is what they are for.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
