@@ -78,12 +78,18 @@ impl Drop for Peer {
 
 /// camstream-signal, the project's own relay (built from signal/ by scripts/test).
 fn camstream_signal(port: u16) -> Peer {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("signal/target/debug/camstream-signal");
-    assert!(bin.exists(), "build it first: cargo build --manifest-path signal/Cargo.toml");
+    let bin =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("signal/target/debug/camstream-signal");
+    assert!(
+        bin.exists(),
+        "build it first: cargo build --manifest-path signal/Cargo.toml"
+    );
     let mut c = Command::new(bin);
     c.arg("--listen").arg(format!("127.0.0.1:{port}"));
     let p = Peer::spawn(c);
-    assert!(p.wait_for("camstream-signal listening", Duration::from_secs(10)).is_some());
+    assert!(p
+        .wait_for("camstream-signal listening", Duration::from_secs(10))
+        .is_some());
     p
 }
 
