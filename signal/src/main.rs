@@ -6,7 +6,9 @@
 //!   other members of the sender's rooms;
 //! - anything else, or a payload of the wrong type or size, is dropped.
 //!
-//! It also serves static files (the web viewer) and answers CORS as configured.
+//! It also serves static files (the web viewer) and answers CORS as configured. Several nodes
+//! can share rooms through Redis (`--redis redis://host:6379`): a viewer on one node reaches a
+//! device on another.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,9 +17,12 @@ use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
 use clap::Parser;
 use serde_json::Value;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
+
+mod lock;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
@@ -33,6 +38,9 @@ struct Args {
     /// Allowed CORS origin ("*" for any); repeatable. None: same origin only.
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    /// Share rooms with other nodes through this Redis (7 or later), e.g. redis://127.0.0.1:6379.
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 /// Events relayed between the members of a room.
@@ -61,23 +69,34 @@ fn valid_args(v: &Value) -> bool {
 
 /// Connect middleware: handlers are registered before the client learns it is connected, so
 /// events it sends straight away are not lost.
-async fn register_handlers(socket: SocketRef) -> Result<(), std::convert::Infallible> {
+async fn register_handlers<A: Adapter>(
+    socket: SocketRef<A>,
+) -> Result<(), std::convert::Infallible> {
     tracing::debug!(id = %socket.id, "connected");
-    socket.on("find", async |s: SocketRef, Data::<Value>(room)| {
+    socket.on("find", async |s: SocketRef<A>, Data::<Value>(room)| {
         let Some(room) = valid_room(&room) else {
             tracing::debug!(id = %s.id, "find with a bad room id dropped");
             return;
         };
-        // Room emptiness is read before joining; one node serves the room.
-        let empty = s.within(room.clone()).sockets().is_empty();
+        // Look-up and join under a per-room lock (a Redis one across nodes), so that two
+        // simultaneous finds cannot both be told `create`.
+        let guard = lock::room(&room, &s.id.to_string()).await;
+        let empty = match s.within(room.clone()).fetch_sockets().await {
+            Ok(members) => members.is_empty(),
+            Err(e) => {
+                tracing::warn!(%room, "room look-up failed: {e:?}");
+                true
+            }
+        };
         s.join(room.clone());
+        drop(guard);
         let reply = if empty { "create" } else { "join" };
         let _ = s.emit(reply, &room);
         tracing::info!(id = %s.id, %room, reply, "find");
     });
     for ev in RELAYED {
         // The seed's viewer sends `auth` and `heartbeatping` without arguments.
-        socket.on(ev, async move |s: SocketRef, TryData::<Value>(data)| {
+        socket.on(ev, async move |s: SocketRef<A>, TryData::<Value>(data)| {
             let data = data.unwrap_or(Value::Null);
             if !valid_args(&data) {
                 tracing::debug!(id = %s.id, ev, "oversized payload dropped");
@@ -106,6 +125,8 @@ async fn register_handlers(socket: SocketRef) -> Result<(), std::convert::Infall
     Ok(())
 }
 
+async fn noop<A: Adapter>(_: SocketRef<A>) {}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -115,14 +136,45 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
-    let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
-    io.ns("/", (async |_: SocketRef| {}).with(register_handlers));
-
     let mut app = axum::Router::new();
     if let Some(dir) = &args.static_dir {
         app = app.fallback_service(ServeDir::new(dir));
     }
-    let mut app = app.layer(layer);
+    let app = match &args.redis {
+        None => {
+            let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
+            io.ns("/", noop.with(register_handlers));
+            app.layer(layer)
+        }
+        Some(url) => {
+            // The adapter's drivers speak RESP3.
+            let url = if url.contains("protocol=") {
+                url.clone()
+            } else if url.contains('?') {
+                format!("{url}&protocol=resp3")
+            } else {
+                format!("{url}?protocol=resp3")
+            };
+            let client = redis::Client::open(url.as_str()).context("bad --redis URL")?;
+            lock::use_redis(&client).await?;
+            let config = socketioxide_redis::RedisAdapterConfig::new()
+                .with_request_timeout(std::time::Duration::from_millis(500));
+            let adapter =
+                socketioxide_redis::RedisAdapterCtr::new_with_redis_config(&client, config)
+                    .await
+                    .context("cannot reach Redis")?;
+            let (layer, io) = SocketIo::builder()
+                .max_payload(64 * 1024)
+                .with_adapter::<socketioxide_redis::RedisAdapter<_>>(adapter)
+                .build_layer();
+            io.ns("/", noop.with(register_handlers))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe through Redis: {e:?}"))?;
+            tracing::info!("sharing rooms through Redis");
+            app.layer(layer)
+        }
+    };
+    let mut app = app;
     if !args.cors_origins.is_empty() {
         let origin = if args.cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()

@@ -2,6 +2,8 @@
 //! real RTSP clients (ffprobe, a GStreamer rtspsrc pipeline).
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
