@@ -83,10 +83,20 @@ function play(path) {
       levelLoadingMaxRetry: 20,
     });
     hls.on(Hls.Events.ERROR, (_, data) => {
+      console.warn(`hls: ${data.type} ${data.details}${data.fatal ? " (fatal)" : ""}`);
       if (!data.fatal) return;
-      // The stream restarts with the device: retry the same source rather than give up.
-      if (data.type === Hls.ErrorTypes.NETWORK_ERROR) setTimeout(() => hls && hls.startLoad(), 1000);
-      else if (data.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+      // The media server publishes the playlist a segment or two after the push starts, and the
+      // stream restarts with the device: retry the same source rather than give up.
+      if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+        const h = hls;
+        setTimeout(() => {
+          if (h !== hls || path !== currentPath) return;
+          if (data.details.startsWith("manifest")) h.loadSource(url);
+          else h.startLoad();
+        }, 1000);
+      } else if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+        hls.recoverMediaError();
+      }
     });
     hls.loadSource(url);
     hls.attachMedia(video);
