@@ -555,6 +555,7 @@ fn shutdown(st: &Shared) {
             s.cfg.pipeline.shutdown_timeout_ms.get() as u64,
         )
     };
+    crate::sdnotify::stopping();
     if already {
         log::warn!("second stop request: stopping now");
         st.borrow().main_loop.quit();
@@ -668,6 +669,14 @@ pub fn run(cfg: Config) -> Result<i32> {
     try_display(&st);
     if cfg.signal.enabled {
         start_remote_viewing(&st, &cfg)?;
+    }
+
+    crate::sdnotify::ready();
+    if let Some(period) = crate::sdnotify::watchdog_period() {
+        glib::timeout_add_local(period, || {
+            crate::sdnotify::watchdog();
+            glib::ControlFlow::Continue
+        });
     }
 
     for sig in [nix::libc::SIGINT, nix::libc::SIGTERM] {

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod profile;
 pub mod recording;
 pub mod rtsp;
+pub mod sdnotify;
 pub mod signal;
 pub mod stamp;
 pub mod uplink;

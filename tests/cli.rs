@@ -264,3 +264,40 @@ fn malformed_rtsp_requests_are_answered_and_the_stream_goes_on() {
     assert_eq!(codec, "h264");
     assert!(frames > 0);
 }
+
+#[test]
+fn tells_systemd_when_ready_and_keeps_its_watchdog_fed() {
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let p = path.to_str().unwrap();
+    let mut dev = Device::start_env(
+        "notify",
+        &dev_config(free_port(), ""),
+        &[],
+        &[("NOTIFY_SOCKET", p), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(got.iter().any(|m: &String| m == "READY=1")
+        && got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        let n = sock.recv(&mut buf).expect("notification from the daemon");
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    let (code, _) = dev.stop(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let n = sock.recv(&mut buf).unwrap();
+    let mut rest = vec![String::from_utf8_lossy(&buf[..n]).to_string()];
+    while let Ok(n) = {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        sock.recv(&mut buf)
+    } {
+        rest.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -69,6 +69,10 @@ pub struct Device {
 impl Device {
     /// Starts `camstream run` with `config` and waits until the RTSP server listens.
     pub fn start(tag: &str, config: &str, args: &[&str]) -> Device {
+        Self::start_env(tag, config, args, &[])
+    }
+
+    pub fn start_env(tag: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Device {
         let dir = temp_dir(tag);
         let cfg = dir.join("camstream.toml");
         std::fs::write(&cfg, config).unwrap();
@@ -82,6 +86,7 @@ impl Device {
             .arg("--config")
             .arg(&cfg)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
