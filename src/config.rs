@@ -644,6 +644,18 @@ fn parse_override(arg: &str) -> Result<(Vec<String>, toml::Value)> {
     Ok((key.split('.').map(String::from).collect(), value))
 }
 
+/// Deep merge: tables merge key by key, anything else is replaced.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (k, v) in layer {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l)) => merge(b, l),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
     let (last, parents) = path.split_last().expect("non-empty key path");
     let mut cur = table;
@@ -669,23 +681,41 @@ impl Config {
 
     /// Loads `path` (which must exist) and applies `--set` overrides in order.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let origin = path.display().to_string();
-        // The file alone first, so its errors carry its own line numbers.
-        let mut cfg = Self::from_str_with_origin(&origin, &text)?;
-        if overrides.is_empty() {
-            return Ok(cfg);
+        Self::load_layers(&[path.to_path_buf()], overrides)
+    }
+
+    /// Loads config files in order, later ones overriding earlier ones key by key (a device's
+    /// site settings over the image's defaults), then `--set` overrides.
+    pub fn load_layers(paths: &[std::path::PathBuf], overrides: &[String]) -> Result<Self> {
+        let mut table = toml::Table::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            // Each file alone first, so its errors carry its own line numbers.
+            from_toml_text(&path.display().to_string(), &text)?;
+            let layer: toml::Table =
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+            merge(&mut table, layer);
         }
-        let mut table: toml::Table = toml::from_str(&text).expect("parsed above");
+        let mut cfg = from_toml_text("", &toml::to_string(&table)?)?;
         for arg in overrides {
             let (path, value) = parse_override(arg)?;
             apply_override(&mut table, &path, value).map_err(|e| anyhow!("--set {arg:?}: {e}"))?;
             let merged = toml::to_string(&table)?;
             cfg = from_toml_text("", &merged).map_err(|e| anyhow!("--set {arg:?}: {e}"))?;
         }
-        cfg.check()
-            .map_err(|e| anyhow!("after --set overrides: {e}"))?;
+        let origin = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        cfg.check().map_err(|e| {
+            if overrides.is_empty() {
+                anyhow!("{origin}: {e}")
+            } else {
+                anyhow!("{origin} with --set overrides: {e}")
+            }
+        })?;
         Ok(cfg)
     }
 

@@ -20,9 +20,9 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ConfigArgs {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML); repeat to layer files, later ones overriding earlier ones.
     #[arg(long, short, default_value = "/etc/camstream/camstream.toml")]
-    config: PathBuf,
+    config: Vec<PathBuf>,
     /// Override a key, e.g. --set rtsp.port=9554 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -49,7 +49,7 @@ enum Command {
 }
 
 fn load(args: &ConfigArgs) -> Result<Config> {
-    Config::load(&args.config, &args.set)
+    Config::load_layers(&args.config, &args.set)
 }
 
 fn real_main() -> Result<u8> {
@@ -64,12 +64,14 @@ fn real_main() -> Result<u8> {
         }
         Command::CheckConfig(args) => {
             load(&args)?;
-            println!("{}: OK", args.config.display());
+            for c in &args.config {
+                println!("{}: OK", c.display());
+            }
             Ok(0)
         }
         Command::Probe(args) => {
             // The probe works without a config file: defaults then.
-            let cfg = if args.config.exists() {
+            let cfg = if args.config.iter().all(|c| c.exists()) {
                 load(&args)?
             } else {
                 Config::default()

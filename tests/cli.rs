@@ -301,3 +301,38 @@ fn tells_systemd_when_ready_and_keeps_its_watchdog_fed() {
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn config_files_layer_and_errors_name_the_file() {
+    let dir = temp_dir("layers");
+    let (a, b) = (dir.join("a.toml"), dir.join("b.toml"));
+    std::fs::write(&a, "[rtsp]\nport = 8554\nuser = \"v\"\n").unwrap();
+    std::fs::write(&b, "[rtsp]\npassword = \"p\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&a)
+        .arg("--config")
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&b, "[rtsp]\n\nprot = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&a)
+        .arg("--config")
+        .arg(&b)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{}:3: key `rtsp.prot`", b.display())),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
