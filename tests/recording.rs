@@ -83,10 +83,13 @@ fn summary_frames(log: &str) -> (u64, u64, u64) {
 
 /// Checks that `files` hold exactly `expected` frames (the count that entered the recording
 /// branch from its first keyframe on), that each file decodes fully, and that within each file
-/// timestamps step by exactly one frame interval: no frame lost, none twice.
+/// timestamps advance by whole frame intervals: no frame twice, none out of order. A step of
+/// several intervals is a frame the live source or the encoder's leaky queue dropped upstream
+/// on a loaded machine (the counts above prove recording lost none); they are reported.
 fn assert_continuous(files: &[PathBuf], expected: u64) {
     let step = 1.0 / 30.0;
     let mut total = 0;
+    let mut upstream_gaps = 0;
     for f in files {
         let t = frame_times(f);
         assert!(!t.is_empty(), "{} has no frames", f.display());
@@ -98,16 +101,20 @@ fn assert_continuous(files: &[PathBuf], expected: u64) {
             t[t.len() - 1]
         );
         for w in t.windows(2) {
-            let d = w[1] - w[0];
+            let n = (w[1] - w[0]) / step;
             assert!(
-                (d - step).abs() < 0.002,
-                "{}: step {d:.4} s at {:.3}",
+                n > 0.5 && (n - n.round()).abs() < 0.06,
+                "{}: step of {n:.2} frame intervals at {:.3} s",
                 f.display(),
                 w[0]
             );
+            if n.round() > 1.0 {
+                upstream_gaps += 1;
+            }
         }
         total += t.len() as u64;
     }
+    eprintln!("{upstream_gaps} gaps from frames dropped before the encoded tee");
     assert_eq!(
         total, expected,
         "frames in files vs frames that entered the branch"
