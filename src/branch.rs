@@ -27,6 +27,16 @@ pub fn contains(bin: &gst::Bin, obj: &gst::Object) -> bool {
     obj == bin.upcast_ref::<gst::Object>() || obj.has_as_ancestor(bin)
 }
 
+/// Whether a bus message source belongs to the attached branch or to the last failed one (kept
+/// alive so that its late messages can still be traced: a disposed bin unparents its children).
+pub fn owned_by(attached: Option<&Branch>, failed: Option<&gst::Bin>, obj: &gst::Object) -> bool {
+    attached
+        .map(|b| &b.bin)
+        .into_iter()
+        .chain(failed)
+        .any(|b| contains(b, obj))
+}
+
 /// Adds `bin` to `pipeline` and links it to a new request pad of `tee`.
 ///
 /// Runs on the main-loop thread. The new pad's RECONFIGURE events are dropped: they would travel

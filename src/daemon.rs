@@ -428,14 +428,7 @@ enum Origin {
 fn origin_of(st: &State, obj: &gst::Object) -> Origin {
     if st.source.as_ref().is_some_and(|b| branch::contains(b, obj)) {
         Origin::Source
-    } else if st
-        .display
-        .as_ref()
-        .map(|b| &b.bin)
-        .into_iter()
-        .chain(st.display_failed.as_ref())
-        .any(|b| branch::contains(b, obj))
-    {
+    } else if branch::owned_by(st.display.as_ref(), st.display_failed.as_ref(), obj) {
         Origin::Display
     } else if st.recorder.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Recording

@@ -60,12 +60,7 @@ impl Uplink {
     }
 
     pub fn owns(&self, obj: &gst::Object) -> bool {
-        self.branch
-            .as_ref()
-            .map(|b| &b.bin)
-            .into_iter()
-            .chain(self.failed.as_ref())
-            .any(|b| branch::contains(b, obj))
+        branch::owned_by(self.branch.as_ref(), self.failed.as_ref(), obj)
     }
 
     /// Starts pushing; a new session gets a new path, a retry keeps it. Main-loop thread.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::recordings::*;
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -14,71 +15,6 @@ fn recording_config(port: u16, dir: &Path, extra: &str) -> String {
         "[recording]\nenabled = false",
         &format!("[recording]\ndir = \"{}\"\n{extra}", dir.display()),
     )
-}
-
-fn mp4_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if p.extension().is_some_and(|x| x == "mp4") {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    // Names sort by boot then segment number.
-    out.sort_by_key(|p| p.file_name().unwrap().to_owned());
-    out
-}
-
-/// Presentation times of every decoded frame, via ffprobe (which fails on an unreadable file).
-fn frame_times(file: &Path) -> Vec<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "frame=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
-        .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t
-}
-
-/// (frames written, files, frames dropped) from the recorder's summary line.
-fn summary_frames(log: &str) -> (u64, u64, u64) {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("recording: ") && l.contains("frames written in"))
-        .unwrap_or_else(|| panic!("no recording summary in:\n{log}"));
-    let nums: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let n = nums.len();
-    (nums[n - 3], nums[n - 2], nums[n - 1])
 }
 
 /// Checks that `files` hold exactly `expected` frames (the count that entered the recording

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::peers::*;
+use common::recordings::*;
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -203,54 +203,12 @@ fn attach_detach_cycles_lose_no_recorded_frame() {
     }
     let (code, _) = dev.stop(Signal::SIGTERM, Duration::from_secs(15));
     assert_eq!(code, Some(0));
-    let log = dev.log_text();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("frames written in"))
-        .unwrap();
-    eprintln!("{line}");
-    assert!(line.contains(", 0 dropped before the muxer"), "{line}");
-    let nums: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let written = nums[nums.len() - 3];
-    let mut in_files = 0;
-    let mut files = Vec::new();
-    fn walk(d: &std::path::Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out)
-            } else if p.extension().is_some_and(|x| x == "mp4") {
-                out.push(p)
-            }
-        }
-    }
-    walk(&rec, &mut files);
-    for f in &files {
-        let out = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-count_frames",
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "stream=nb_read_frames",
-                "-of",
-                "csv=p=0",
-            ])
-            .arg(f)
-            .output()
-            .unwrap();
-        in_files += String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .trim_end_matches(',')
-            .parse::<u64>()
-            .unwrap_or(0);
-    }
+    let (written, _, dropped) = summary_frames(&dev.log_text());
+    assert_eq!(dropped, 0);
+    let in_files: u64 = mp4_files(&rec)
+        .iter()
+        .map(|f| frame_times(f).len() as u64)
+        .sum();
     assert_eq!(
         in_files, written,
         "frames in files vs frames written over 20 uplink cycles"

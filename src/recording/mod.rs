@@ -150,12 +150,7 @@ impl Recorder {
 
     /// Whether a bus message source belongs to the recording branch.
     pub fn owns(&self, obj: &gst::Object) -> bool {
-        self.branch
-            .as_ref()
-            .map(|b| &b.bin)
-            .into_iter()
-            .chain(self.failed.as_ref())
-            .any(|b| branch::contains(b, obj))
+        branch::owned_by(self.branch.as_ref(), self.failed.as_ref(), obj)
     }
 
     /// Free space suffices to resume after a full disk: min_free plus room for a segment

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod recordings;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
