@@ -163,11 +163,15 @@ fn try_source(st: &Shared) {
         return;
     }
     if let Err(e) = start_source(st) {
-        let delay = st.borrow_mut().source_backoff.failed();
-        log::error!("source: {e:#}; retrying in {} s", delay.as_secs());
-        let st = st.clone();
-        glib::timeout_add_local_once(delay, move || try_source(&st));
+        retry_source(st, &format!("{e:#}"));
     }
+}
+
+fn retry_source(st: &Shared, why: &str) {
+    let delay = st.borrow_mut().source_backoff.failed();
+    log::error!("source: {why}; retrying in {} s", delay.as_secs());
+    let st = st.clone();
+    glib::timeout_add_local_once(delay, move || try_source(&st));
 }
 
 fn try_display(st: &Shared) {
@@ -250,16 +254,18 @@ fn try_recording(st: &Shared) {
     };
     match result {
         Ok(()) => st.borrow_mut().recording_backoff.started(),
-        Err(e) => {
-            let delay = st.borrow_mut().recording_backoff.failed();
-            log::error!(
-                "recording: {e:#}; RTSP and display go on; retrying in {} s",
-                delay.as_secs()
-            );
-            let st = st.clone();
-            glib::timeout_add_local_once(delay, move || try_recording(&st));
-        }
+        Err(e) => retry_recording(st, &format!("{e:#}")),
     }
+}
+
+fn retry_recording(st: &Shared, why: &str) {
+    let delay = st.borrow_mut().recording_backoff.failed();
+    log::error!(
+        "recording: {why}; RTSP and display go on; retrying in {} s",
+        delay.as_secs()
+    );
+    let st = st.clone();
+    glib::timeout_add_local_once(delay, move || try_recording(&st));
 }
 
 /// After a full disk: poll until retention or the user has made room, then resume.
@@ -452,15 +458,7 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
     match origin {
         Origin::Source => {
             stop_source(st);
-            let delay = st.borrow_mut().source_backoff.failed();
-            log::error!(
-                "source: {} from {}; restarting in {} s while RTSP stays up",
-                text,
-                src.name(),
-                delay.as_secs()
-            );
-            let st2 = st.clone();
-            glib::timeout_add_local_once(delay, move || try_source(&st2));
+            retry_source(st, &format!("{text} from {}, RTSP stays up", src.name()));
         }
         Origin::Display => {
             let b = st.borrow_mut().display.take();
@@ -497,15 +495,7 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
                     );
                     wait_for_space(st);
                 }
-                Some(Recovery::Retry) => {
-                    let delay = st.borrow_mut().recording_backoff.failed();
-                    log::error!(
-                        "recording stopped: {text}; RTSP and display go on; retrying in {} s",
-                        delay.as_secs()
-                    );
-                    let st = st.clone();
-                    glib::timeout_add_local_once(delay, move || try_recording(&st));
-                }
+                Some(Recovery::Retry) => retry_recording(st, &format!("stopped: {text}")),
                 None => {}
             }
         }
