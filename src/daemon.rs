@@ -429,6 +429,9 @@ enum Origin {
     Uplink,
     Rtsp,
     Core,
+    /// No longer in the pipeline: a late message from a branch already detached (splitmuxsink
+    /// even drops a failed file's sink from itself before its error is read).
+    Gone,
 }
 
 fn origin_of(st: &State, obj: &gst::Object) -> Origin {
@@ -442,6 +445,8 @@ fn origin_of(st: &State, obj: &gst::Object) -> Origin {
         Origin::Uplink
     } else if st.rtsp.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Rtsp
+    } else if obj != st.pipeline.upcast_ref::<gst::Object>() && !obj.has_as_ancestor(&st.pipeline) {
+        Origin::Gone
     } else {
         Origin::Core
     }
@@ -516,6 +521,7 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
             }
         }
         Origin::Rtsp => log::warn!("RTSP branch {}: {text}", src.name()),
+        Origin::Gone => log::warn!("{} (already detached): {text}", src.name()),
         Origin::Core => {
             log::error!("{}: {text}: cannot recover, stopping", src.name());
             let mut s = st.borrow_mut();
