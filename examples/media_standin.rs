@@ -131,13 +131,23 @@ fn record_factory(id: &str, dir: &Path, readers: &Readers) -> gst_rtsp_server::R
 fn read_factory(id: &str, readers: &Readers) -> gst_rtsp_server::RTSPMediaFactory {
     let factory = gst_rtsp_server::RTSPMediaFactory::new();
     factory.set_launch(
-        "( appsrc name=src is-live=true format=time do-timestamp=true \
-           ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+        "( appsrc name=src is-live=true format=time do-timestamp=true min-latency=0 \
+           ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 aggregate-mode=zero-latency )",
     );
     factory.set_shared(true);
+    factory.set_latency(0);
     let readers = readers.clone();
     let id = id.to_string();
     factory.connect_media_configure(move |_, media| {
+        // Buffers are stamped on arrival; a latency the reader pipeline computes for itself
+        // would only hold them back (the device's RTSP server does the same).
+        if let Some(p) = media
+            .element()
+            .parent()
+            .and_then(|p| p.downcast::<gst::Pipeline>().ok())
+        {
+            p.set_latency(gst::ClockTime::ZERO);
+        }
         if let Some(src) = media
             .element()
             .downcast_ref::<gst::Bin>()

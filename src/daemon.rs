@@ -617,10 +617,18 @@ pub fn run(cfg: Config) -> Result<i32> {
         match msg.view() {
             MessageView::Error(e) => on_error(&st_bus, e),
             MessageView::Progress(p) => {
-                let s = &mut *st_bus.borrow_mut();
-                if let (Some(u), Some(src)) = (s.uplink.as_mut(), p.src()) {
+                let s = &*st_bus.borrow();
+                if let (Some(u), Some(src)) = (s.uplink.as_ref(), p.src()) {
                     if u.owns(src) {
                         u.on_progress(p);
+                    }
+                }
+            }
+            MessageView::StateChanged(c) => {
+                let s = &mut *st_bus.borrow_mut();
+                if let (Some(u), Some(src)) = (s.uplink.as_mut(), c.src()) {
+                    if u.owns(src) {
+                        u.on_state_changed(c);
                     }
                 }
             }

@@ -29,7 +29,8 @@ pub struct Uplink {
     /// Bumped at each attach, so a late "live" from an old branch is ignored.
     generation: Arc<AtomicU64>,
     live: bool,
-    /// Set when the server answered RECORD; the next keyframe out makes the uplink live.
+    /// Set when the server answered RECORD; the next keyframe into the branch, which then
+    /// flows straight through to the server, makes the uplink live.
     recording: Arc<AtomicBool>,
     live_tx: mpsc::Sender<u64>,
 }
@@ -108,6 +109,19 @@ impl Uplink {
         let sink = sink.build().map_err(|_| {
             anyhow!("rtspclientsink (GStreamer rtsp-server plugins) is not installed")
         })?;
+        // rtspclientsink sends through sinks of its own that wait for each buffer's running
+        // time plus the main pipeline's latency (a frame or two of the live source and the
+        // encoder): frames that are already late by encode time would be held back ~45 ms
+        // more. Sent on arrival instead, as the local RTSP server does. Runs on whichever
+        // thread adds the element (rtspclientsink's own task thread).
+        bin.connect_deep_element_added(|_, _, element| {
+            let is_sender = element.factory().is_some_and(|f| {
+                matches!(f.name().as_str(), "appsink" | "multiudpsink" | "udpsink")
+            });
+            if is_sender && element.has_property("sync") {
+                element.set_property("sync", false);
+            }
+        });
         bin.add_many([&queue, &sink])?;
         queue.link(&sink)?;
         let pad = queue
@@ -153,19 +167,24 @@ impl Uplink {
         Ok(())
     }
 
-    /// A progress message from the branch. Once rtspclientsink starts recording (it sends
-    /// RECORD and lets data through; GStreamer 1.22 posts no completion for it), the next
-    /// keyframe is the one viewers start on, so ask for it now. Main-loop thread.
-    pub fn on_progress(&mut self, msg: &gst::message::Progress) {
+    /// A progress message from the branch, for the log. Main-loop thread.
+    pub fn on_progress(&self, msg: &gst::message::Progress) {
         let (kind, code, text) = msg.get();
         log::debug!("uplink: progress {kind:?} {code}: {text}");
-        let started = (code == "record" && text.contains("Starting recording"))
-            || (kind == gst::ProgressType::Complete
-                && code == "request"
-                && text.contains("RECORD"));
-        if started && !self.recording.load(Ordering::SeqCst) {
-            log::info!("uplink: server accepted the stream");
-            self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// A state change inside the branch. rtspclientsink posts no completion for RECORD (its
+    /// "Starting recording" progress comes before the request is even sent), but it sets its
+    /// internal bin `rtspbin` to PLAYING only once the server has answered RECORD with
+    /// success: that is the moment the server takes the stream. The next keyframe is the one
+    /// viewers start on, so ask for it now. Main-loop thread.
+    pub fn on_state_changed(&mut self, msg: &gst::message::StateChanged) {
+        let Some(src) = msg.src() else { return };
+        let answered = msg.current() == gst::State::Playing
+            && src.name() == "rtspbin"
+            && src.parent().is_some_and(|p| p.name() == "rtspclientsink");
+        if answered && self.branch.is_some() && !self.recording.swap(true, Ordering::SeqCst) {
+            log::info!("uplink: server accepted the stream (RECORD answered)");
             if let Some(pad) = self.branch.as_ref().and_then(|b| b.bin.static_pad("sink")) {
                 branch::request_keyframe(&pad);
             }

@@ -42,6 +42,8 @@ fn bridge_then_readable(start_relay: fn(u16) -> Peer) {
         .expect("bridge");
     let path = bridge_path(&line);
     assert_eq!(path.len(), 32, "128-bit path id: {path}");
+    // bridge follows the server's answer to RECORD, not just the request.
+    dev.wait_log("RECORD answered", Duration::from_secs(1));
     let url = format!("rtsp://127.0.0.1:{}/channel/{path}", media.read);
     let t0 = Instant::now();
     let s = gst_client(
