@@ -8,8 +8,11 @@
 //! - writes HLS (hlssink2, 1 s segments) under <dir>/channel/<path>/index.m3u8 and serves <dir>
 //!   over HTTP with CORS on http://127.0.0.1:<http-port>/.
 //!
+//! - with --tls-cert/--tls-key (PEM), pushes are taken as rtsps:// only, as MediaMTX does with
+//!   `rtspEncryption: strict`.
+//!
 //! cargo run --example media_standin -- [--push-port 8555] [--read-port 8556] [--http-port 8888]
-//!     [--dir /tmp/camstream-media] [--bind 127.0.0.1]
+//!     [--dir /tmp/camstream-media] [--bind 127.0.0.1] [--tls-cert cert.pem --tls-key key.pem]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -30,6 +33,7 @@ struct Args {
     read_port: u16,
     http_port: u16,
     dir: PathBuf,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,7 +43,9 @@ fn parse_args() -> Result<Args> {
         read_port: 8556,
         http_port: 8888,
         dir: PathBuf::from("/tmp/camstream-media"),
+        tls: None,
     };
+    let (mut cert, mut key) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -49,9 +55,16 @@ fn parse_args() -> Result<Args> {
             "--read-port" => a.read_port = v.parse()?,
             "--http-port" => a.http_port = v.parse()?,
             "--dir" => a.dir = PathBuf::from(v),
+            "--tls-cert" => cert = Some(PathBuf::from(v)),
+            "--tls-key" => key = Some(PathBuf::from(v)),
             _ => return Err(anyhow!("unknown option {k}")),
         }
     }
+    a.tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(anyhow!("--tls-cert and --tls-key go together")),
+    };
     Ok(a)
 }
 
@@ -67,11 +80,28 @@ fn channel_path(uri: &str) -> Option<String> {
     ok.then(|| id.to_string())
 }
 
-fn record_factory(id: &str, dir: &Path, readers: &Readers) -> gst_rtsp_server::RTSPMediaFactory {
+/// Role of every pusher when TLS is on (the stand-in checks no credentials).
+const ANONYMOUS: &str = "anonymous";
+
+fn record_factory(
+    id: &str,
+    dir: &Path,
+    readers: &Readers,
+    tls: bool,
+) -> gst_rtsp_server::RTSPMediaFactory {
     let out = dir.join("channel").join(id);
     let _ = std::fs::create_dir_all(&out);
     let factory = gst_rtsp_server::RTSPMediaFactory::new();
     factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+    if tls {
+        // With an auth object on the server every factory needs permissions for its clients.
+        factory.add_role_from_structure(
+            &gst::Structure::builder(ANONYMOUS)
+                .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                .build(),
+        );
+    }
     factory.set_launch(&format!(
         "( rtph264depay name=depay0 ! h264parse config-interval=-1 ! tee name=t \
            t. ! queue ! hlssink2 target-duration=1 max-files=10 playlist-length=5 \
@@ -232,6 +262,19 @@ fn main() -> Result<()> {
     read.set_address(&args.bind);
     read.set_service(&args.read_port.to_string());
 
+    let tls = args.tls.is_some();
+    if let Some((cert, key)) = &args.tls {
+        use gst_rtsp_server::gio;
+        let certificate = gio::TlsCertificate::from_files(cert, key)
+            .with_context(|| format!("TLS certificate {}", cert.display()))?;
+        let auth = gst_rtsp_server::RTSPAuth::new();
+        auth.set_tls_certificate(Some(&certificate));
+        let mut token = gst_rtsp_server::RTSPToken::builder()
+            .field(gst_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, ANONYMOUS)
+            .build();
+        auth.set_default_token(Some(&mut token));
+        push.set_auth(Some(&auth));
+    }
     let push_mounts = push.mount_points().context("mount points")?;
     let read_mounts = read.mount_points().context("mount points")?;
     let dir = args.dir.clone();
@@ -245,7 +288,7 @@ fn main() -> Result<()> {
         };
         if created.insert(id.clone()) {
             let mount = format!("/channel/{id}");
-            push_mounts.add_factory(&mount, record_factory(&id, &dir, &r));
+            push_mounts.add_factory(&mount, record_factory(&id, &dir, &r, tls));
             read_mounts.add_factory(&mount, read_factory(&id, &r));
         }
     });
@@ -276,7 +319,8 @@ fn main() -> Result<()> {
     std::thread::spawn(move || serve_http(http, root));
 
     println!(
-        "media-standin: push rtsp://{b}:{}/channel/<path>, read rtsp://{b}:{}/channel/<path>, HLS http://{b}:{}/channel/<path>/index.m3u8",
+        "media-standin: push {}://{b}:{}/channel/<path>, read rtsp://{b}:{}/channel/<path>, HLS http://{b}:{}/channel/<path>/index.m3u8",
+        if tls { "rtsps" } else { "rtsp" },
         args.push_port,
         args.read_port,
         args.http_port,

@@ -501,6 +501,9 @@ pub struct SignalConfig {
     pub token: String,
     pub lease_seconds: Ranged<1, 3600>,
     pub reconnect_max_seconds: Ranged<1, 600>,
+    /// PEM file of the authority that signed the server's certificate, for a private CA;
+    /// empty: the system's certificates.
+    pub tls_ca_file: String,
 }
 
 impl Default for SignalConfig {
@@ -511,6 +514,7 @@ impl Default for SignalConfig {
             token: String::new(),
             lease_seconds: Ranged(30),
             reconnect_max_seconds: Ranged(30),
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -526,6 +530,9 @@ pub struct UplinkConfig {
     pub password: String,
     pub queue_buffers: Ranged<1, 1000>,
     pub retry_max_seconds: Ranged<1, 600>,
+    /// For rtsps://: PEM file of the authority that signed the server's certificate;
+    /// empty: the system's certificates.
+    pub tls_ca_file: String,
 }
 
 impl Default for UplinkConfig {
@@ -537,6 +544,7 @@ impl Default for UplinkConfig {
             password: String::new(),
             queue_buffers: Ranged(60),
             retry_max_seconds: Ranged(10),
+            tls_ca_file: String::new(),
         }
     }
 }

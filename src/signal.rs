@@ -140,12 +140,25 @@ async fn connect(
             async move { h.handle(event, payload, socket).await }.boxed()
         });
     if cfg.url.starts_with("https://") || cfg.url.starts_with("wss://") {
-        match native_tls::TlsConnector::new() {
+        match tls_connector(&cfg.tls_ca_file) {
             Ok(tls) => builder = builder.tls_config(tls),
-            Err(e) => log::error!("signal: TLS unavailable: {e}"),
+            Err(e) => log::error!("signal: TLS unavailable: {e:#}"),
         }
     }
     builder.connect().await
+}
+
+/// The system's certificate authorities, plus `ca_file` (PEM) when set.
+fn tls_connector(ca_file: &str) -> anyhow::Result<native_tls::TlsConnector> {
+    let mut b = native_tls::TlsConnector::builder();
+    if !ca_file.is_empty() {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| anyhow::anyhow!("signal.tls_ca_file {ca_file}: {e}"))?;
+        let ca = native_tls::Certificate::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("signal.tls_ca_file {ca_file}: {e}"))?;
+        b.add_root_certificate(ca);
+    }
+    Ok(b.build()?)
 }
 
 /// Starts the signalling thread. `from_main` carries the paths to announce with `bridge`.

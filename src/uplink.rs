@@ -101,6 +101,17 @@ impl Uplink {
             .property("location", &location)
             .property("latency", 0u32)
             .property_from_str("protocols", "tcp");
+        if !self.cfg.tls_ca_file.is_empty() {
+            use gst_rtsp_server::gio;
+            let ca = &self.cfg.tls_ca_file;
+            let db = gio::TlsFileDatabase::new(ca)
+                .map_err(|e| anyhow!("uplink.tls_ca_file {ca}: {e}"))?;
+            sink = sink.property(
+                "tls-database",
+                db.dynamic_cast::<gio::TlsDatabase>()
+                    .map_err(|_| anyhow!("uplink.tls_ca_file {ca}: not a TLS database"))?,
+            );
+        }
         if !self.cfg.user.is_empty() {
             sink = sink
                 .property("user-id", &self.cfg.user)

@@ -339,3 +339,43 @@ fn two_relay_nodes_share_rooms_through_redis() {
     );
     assert!(s.frames > 0);
 }
+
+/// Production runs on TLS: the relay over HTTPS/WSS and the push over RTSPS, both with a
+/// certificate from a private authority the device is told to trust.
+#[test]
+fn tls_relay_and_rtsps_push_with_a_private_ca() {
+    let dir = temp_dir("tls");
+    let (cert, key) = self_signed_cert(&dir);
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let relay_port = free_port();
+    let _relay = relay_with(relay_port, &["--tls", cert_s, key_s]);
+    let media = media_standin_with(free_port(), &["--tls-cert", cert_s, "--tls-key", key_s]);
+    let cfg = format!(
+        "{}\n[signal]\nenabled = true\nurl = \"https://127.0.0.1:{relay_port}\"\n\
+         tls_ca_file = \"{cert_s}\"\nlease_seconds = 3\nreconnect_max_seconds = 2\n\
+         [uplink]\nurl = \"rtsps://127.0.0.1:{}/channel/{{path}}\"\ntls_ca_file = \"{cert_s}\"\n\
+         retry_max_seconds = 1\n",
+        dev_config(free_port(), ""),
+        media.push
+    );
+    let dev = Device::start("remote-tls", &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+
+    let v = viewer_at(
+        &format!("https://127.0.0.1:{relay_port}"),
+        "test01",
+        1000,
+        None,
+        Some(&cert),
+    );
+    let (_, line) = v
+        .wait_for("\"bridge\"", Duration::from_secs(15))
+        .expect("bridge over wss with the push over rtsps");
+    let path = bridge_path(&line);
+    assert!(dev.log_text().contains("pushing to rtsps://"));
+    let url = format!("rtsp://127.0.0.1:{}/channel/{path}", media.read);
+    let (codec, _, _, _) = ffprobe(&url, "tcp", 1).expect("the stream pushed over rtsps");
+    assert_eq!(codec, "h264");
+    drop(dev);
+    std::fs::remove_dir_all(&dir).ok();
+}

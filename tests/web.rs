@@ -51,9 +51,14 @@ fn viewer_plays_goes_offline_and_resumes_without_reload() {
     let variance: f64 = parts[3].parse().unwrap();
     eprintln!("request -> first picture in the browser: {first_ms} ms; pixel variance {variance}");
     assert!(variance > 50.0, "blank picture (variance {variance})");
-    browser
+    // The second viewer picked WebRTC; the stand-in offers only HLS, and the page still plays.
+    let (_, line) = browser
         .wait_for("STEP second-live", Duration::from_secs(60))
         .expect("second context live");
+    assert!(
+        line.contains("WebRTC unavailable, playing HLS"),
+        "webrtc mode without WHEP: {line}"
+    );
     assert_eq!(
         dev.log_text().matches("uplink: pushing to").count(),
         1,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,8 +97,14 @@ pub fn camstream_signal_with(port: u16, args: &[&str]) -> Peer {
 }
 
 pub fn relay(port: u16) -> Peer {
+    relay_with(port, &[])
+}
+
+pub fn relay_with(port: u16, args: &[&str]) -> Peer {
     let mut c = Command::new("node");
-    c.arg(node_dir().join("relay.js")).arg(port.to_string());
+    c.arg(node_dir().join("relay.js"))
+        .arg(port.to_string())
+        .args(args);
     let p = Peer::spawn(c);
     assert!(
         p.wait_for("relay listening", Duration::from_secs(10))
@@ -110,9 +116,29 @@ pub fn relay(port: u16) -> Peer {
 
 /// The seed's viewer; heartbeats every `hb_ms`, none after `stop_ms`.
 pub fn viewer(relay_port: u16, device: &str, hb_ms: u64, stop_ms: Option<u64>) -> Peer {
+    viewer_at(
+        &format!("http://127.0.0.1:{relay_port}"),
+        device,
+        hb_ms,
+        stop_ms,
+        None,
+    )
+}
+
+/// The seed's viewer against any relay URL; `ca` (PEM) is trusted besides the system's CAs.
+pub fn viewer_at(
+    url: &str,
+    device: &str,
+    hb_ms: u64,
+    stop_ms: Option<u64>,
+    ca: Option<&Path>,
+) -> Peer {
     let mut c = Command::new("node");
+    if let Some(ca) = ca {
+        c.env("NODE_EXTRA_CA_CERTS", ca);
+    }
     c.arg(node_dir().join("viewer.js"))
-        .arg(format!("http://127.0.0.1:{relay_port}"))
+        .arg(url)
         .arg(device)
         .arg(hb_ms.to_string());
     if let Some(s) = stop_ms {
@@ -130,6 +156,10 @@ pub struct Media {
 }
 
 pub fn media_standin(push: u16) -> Media {
+    media_standin_with(push, &[])
+}
+
+pub fn media_standin_with(push: u16, args: &[&str]) -> Media {
     let read = free_port();
     let http = free_port();
     let dir = temp_dir("media");
@@ -146,7 +176,8 @@ pub fn media_standin(push: u16) -> Media {
     ])
     .args(["--http-port", &http.to_string()])
     .arg("--dir")
-    .arg(&dir);
+    .arg(&dir)
+    .args(args);
     let peer = Peer::spawn(c);
     assert!(peer
         .wait_for("media-standin: push", Duration::from_secs(10))
@@ -177,4 +208,29 @@ pub fn device_config(rtsp_port: u16, relay_port: u16, media_push: u16, extra: &s
 pub fn bridge_path(line: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     v["arg"].as_str().unwrap().to_string()
+}
+
+/// A certificate for 127.0.0.1, self-signed (it is its own CA): (cert.pem, key.pem) in `dir`.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl could not make a certificate");
+    (cert, key)
 }

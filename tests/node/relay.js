@@ -1,10 +1,22 @@
 // A plain Socket.IO v4 relay with rooms, as the seed's server behaves:
 // find(room) joins and answers create (room was empty) or join; auth, heartbeatping,
 // heartbeatpong and bridge go to the other members of the sender's rooms.
-// node relay.js PORT
+// node relay.js PORT [--tls CERT.pem KEY.pem]   (with --tls: HTTPS and WSS only)
+const fs = require("fs");
 const { Server } = require("socket.io");
 const port = Number(process.argv[2] || 3000);
-const io = new Server(port, { cors: { origin: "*" } });
+const tls = process.argv.indexOf("--tls");
+let io;
+if (tls > 0) {
+  const server = require("https").createServer({
+    cert: fs.readFileSync(process.argv[tls + 1]),
+    key: fs.readFileSync(process.argv[tls + 2]),
+  });
+  io = new Server(server, { cors: { origin: "*" } });
+  server.listen(port, "127.0.0.1");
+} else {
+  io = new Server(port, { cors: { origin: "*" } });
+}
 io.on("connection", (socket) => {
   socket.on("find", (room) => {
     if (typeof room !== "string" || room.length > 64) return;

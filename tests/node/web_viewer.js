@@ -1,7 +1,9 @@
 // Drives the web viewer in headless Chromium (Debian's chromium, through playwright-core) and
 // reports each step on stdout for the Rust test that owns the device:
 //   STEP live <first-picture-ms> <pixel-variance>   first context plays
-//   STEP second-live                                a second context plays at the same time
+//   STEP second-live <details>                      a second context, which chose WebRTC in
+//                                                   the page, plays at the same time (through
+//                                                   HLS when the media server has no WHEP)
 //   STEP offline <ms>                               after the device stopped
 //   STEP resumed                                    after the device came back, without a reload
 // node web_viewer.js VIEWER_URL SCREENSHOT_PATH
@@ -16,12 +18,14 @@ const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run
   "--autoplay-policy=no-user-gesture-required"];
 const out = (line) => new Promise((r) => process.stdout.write(line + "\n", r));
 
-async function open() {
+async function open(mode) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "camstream-chromium-"));
   const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", headless: true, args });
   const page = ctx.pages()[0] || await ctx.newPage();
   page.on("console", (m) => console.error("[page] " + m.text()));
   await page.goto(url);
+  // The playback mode as a person picks it: in the page's selector.
+  if (mode) await page.selectOption("#mode", mode);
   return { ctx, page };
 }
 
@@ -64,9 +68,9 @@ async function variance(page) {
   const v = await variance(a.page);
   await a.page.screenshot({ path: shot });
   await out(`STEP live ${firstMs} ${v.toFixed(1)}`);
-  const b = await open();
+  const b = await open("webrtc");
   await waitLive(b.page, 45000);
-  await out("STEP second-live");
+  await out("STEP second-live " + await b.page.textContent("#details"));
   await b.ctx.close();
   // The test stops the device now.
   const t0 = Date.now();

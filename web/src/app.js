@@ -5,6 +5,9 @@
 //   &signal=https://host    Socket.IO server (default: this page's origin)
 //   &media=https://host     media server (default: this page's origin)
 //   &hls=/channel/{path}/index.m3u8   HLS URL template on the media server
+//   &whep=/channel/{path}/whep        WebRTC (WHEP) URL template; MediaMTX serves it on its
+//                                     WebRTC port: https://host:8889/channel/{path}/whep
+//   &mode=llhls             hls | llhls | webrtc (also chosen in the page, and remembered)
 //   &heartbeat=10000        heartbeat interval, ms
 import { io } from "socket.io-client";
 import Hls from "hls.js/dist/hls.light.mjs";
@@ -19,16 +22,24 @@ const HIDDEN_STOP_MS = 60000;
 const signalUrl = params.get("signal") || location.origin;
 const mediaBase = params.get("media") || location.origin;
 const hlsTemplate = params.get("hls") || "/channel/{path}/index.m3u8";
+const whepTemplate = params.get("whep") || "/channel/{path}/whep";
+const MODES = ["hls", "llhls", "webrtc"];
+const storedMode = (() => { try { return localStorage.getItem("camstream-mode"); } catch { return null; } })();
+let mode = [params.get("mode"), storedMode].find((m) => MODES.includes(m)) || "llhls";
 
 const video = document.getElementById("video");
 const statusEl = document.getElementById("status");
 const details = document.getElementById("details");
 const form = document.getElementById("pick");
 const deviceInput = document.getElementById("device");
+const modeSelect = document.getElementById("mode");
 
 let socket = null;
 let device = null;
 let hls = null;
+let pc = null; // WebRTC peer connection in webrtc mode
+let whepSession = null; // its URL on the media server, deleted when done
+let fallbackNote = "";
 let heartbeatTimer = null;
 let offlineTimer = null;
 let currentPath = null;
@@ -65,17 +76,49 @@ function request() {
   watchOffline();
 }
 
+const mediaUrl = (template, path) =>
+  new URL(template.replace("{path}", encodeURIComponent(path)), mediaBase).toString();
+
+function stopPlayback() {
+  if (hls) { hls.destroy(); hls = null; }
+  if (pc) { pc.close(); pc = null; }
+  if (whepSession) {
+    fetch(whepSession, { method: "DELETE" }).catch(() => {});
+    whepSession = null;
+  }
+  video.srcObject = null;
+  video.removeAttribute("src");
+}
+
 function play(path) {
-  const url = new URL(hlsTemplate.replace("{path}", encodeURIComponent(path)), mediaBase).toString();
-  if (path === currentPath && hls) return;
+  if (path === currentPath && (hls || pc || video.src)) return;
   currentPath = path;
   say("Starting video…");
-  if (hls) { hls.destroy(); hls = null; }
+  stopPlayback();
+  fallbackNote = "";
+  if (mode === "webrtc") {
+    playWebrtc(path).catch((e) => {
+      // The media server offers no WebRTC (or it cannot get through): HLS still works.
+      console.warn(`webrtc: ${e.message}`);
+      if (path !== currentPath) return;
+      stopPlayback();
+      fallbackNote = " · WebRTC unavailable, playing HLS";
+      playHls(path, true);
+    });
+  } else {
+    playHls(path, mode === "llhls");
+  }
+}
+
+// HLS through hls.js; `lowLatency` plays LL-HLS parts where the server offers them (MediaMTX
+// does) and holds a shorter buffer; plain HLS keeps a few segments for smoother playback.
+function playHls(path, lowLatency) {
+  const url = mediaUrl(hlsTemplate, path);
   if (Hls.isSupported()) {
     hls = new Hls({
-      lowLatencyMode: true,
-      liveSyncDurationCount: 1,
-      liveMaxLatencyDurationCount: 4,
+      lowLatencyMode: lowLatency,
+      liveSyncDurationCount: lowLatency ? 1 : 3,
+      liveMaxLatencyDurationCount: lowLatency ? 4 : 8,
       maxLiveSyncPlaybackRate: 1.5,
       backBufferLength: 10,
       manifestLoadingMaxRetry: 20,
@@ -109,6 +152,72 @@ function play(path) {
   video.play().catch(() => {});
 }
 
+// WebRTC through WHEP (RFC 9725): one recvonly video transceiver, the offer with all its
+// candidates in one POST, the answer in the 201 response.
+async function playWebrtc(path) {
+  if (!window.RTCPeerConnection) throw new Error("no WebRTC in this browser");
+  const conn = new RTCPeerConnection({ iceServers: [] });
+  pc = conn;
+  const transceiver = conn.addTransceiver("video", { direction: "recvonly" });
+  const h264 = (RTCRtpReceiver.getCapabilities?.("video")?.codecs || [])
+    .filter((c) => c.mimeType === "video/H264");
+  if (h264.length && transceiver.setCodecPreferences) transceiver.setCodecPreferences(h264);
+  conn.ontrack = (e) => {
+    video.srcObject = e.streams[0] || new MediaStream([e.track]);
+    video.play().catch(() => {});
+  };
+  await conn.setLocalDescription(await conn.createOffer());
+  await new Promise((resolve) => {
+    if (conn.iceGatheringState === "complete") return resolve();
+    conn.addEventListener("icegatheringstatechange", () => {
+      if (conn.iceGatheringState === "complete") resolve();
+    });
+    setTimeout(resolve, 2000);
+  });
+  const url = mediaUrl(whepTemplate, path);
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/sdp" },
+    body: conn.localDescription.sdp,
+  });
+  if (res.status !== 201) throw new Error(`WHEP answered ${res.status}`);
+  if (conn !== pc) return;
+  const location = res.headers.get("Location");
+  if (location) whepSession = new URL(location, url).toString();
+  await conn.setRemoteDescription({ type: "answer", sdp: await res.text() });
+  await new Promise((resolve, reject) => {
+    const check = () => {
+      if (conn.connectionState === "connected") resolve();
+      if (conn.connectionState === "failed") reject(new Error("WebRTC connection failed"));
+    };
+    conn.addEventListener("connectionstatechange", check);
+    setTimeout(() => reject(new Error("WebRTC did not connect within 10 s")), 10000);
+    check();
+  });
+  // A connection lost later: start over on the same path (the device is still pushing).
+  conn.addEventListener("connectionstatechange", () => {
+    if (conn === pc && conn.connectionState === "failed") {
+      const p = currentPath;
+      currentPath = null;
+      play(p);
+    }
+  });
+}
+
+// Current live delay: hls.js's estimate, or for WebRTC the receiver's jitter buffer.
+async function liveDelay() {
+  if (hls && hls.latency) return hls.latency.toFixed(1) + " s";
+  if (pc) {
+    const stats = await pc.getStats();
+    for (const r of stats.values()) {
+      if (r.type === "inbound-rtp" && r.kind === "video" && r.jitterBufferEmittedCount) {
+        return Math.round((1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount) + " ms";
+      }
+    }
+  }
+  return "?";
+}
+
 video.addEventListener("playing", () => {
   if (firstPictureMs === null && requestedAt) {
     firstPictureMs = Math.round(performance.now() - requestedAt);
@@ -116,11 +225,24 @@ video.addEventListener("playing", () => {
   }
 });
 
-setInterval(() => {
+setInterval(async () => {
   if (!currentPath || video.paused || video.readyState < 3) return;
-  const delay = hls && hls.latency ? hls.latency.toFixed(1) + " s" : "?";
-  say("Live", `First picture after ${firstPictureMs ?? "?"} ms · live delay ${delay}`);
+  const delay = await liveDelay();
+  say("Live", `First picture after ${firstPictureMs ?? "?"} ms · live delay ${delay}${fallbackNote}`);
 }, 500);
+
+modeSelect.value = mode;
+modeSelect.addEventListener("change", () => {
+  mode = modeSelect.value;
+  try { localStorage.setItem("camstream-mode", mode); } catch { /* private mode */ }
+  if (currentPath) {
+    const p = currentPath;
+    currentPath = null;
+    requestedAt = performance.now();
+    firstPictureMs = null;
+    play(p);
+  }
+});
 
 document.addEventListener("visibilitychange", () => {
   if (document.hidden) {
@@ -136,7 +258,7 @@ document.addEventListener("visibilitychange", () => {
     if (paused) { paused = false; request(); }
   }
 });
-window.addEventListener("pagehide", () => { paused = true; if (socket) socket.close(); });
+window.addEventListener("pagehide", () => { paused = true; stopPlayback(); if (socket) socket.close(); });
 
 function watch(id) {
   device = id;
