@@ -286,24 +286,7 @@ s.on("bridge", (p) => process.stdout.write("bridge " + p + "\n", () => process.e
 #[test]
 fn two_relay_nodes_share_rooms_through_redis() {
     let redis_port = free_port();
-    let mut c = Command::new("redis-server");
-    c.args([
-        "--port",
-        &redis_port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
-    let redis = Peer::spawn(c);
-    assert!(
-        redis
-            .wait_for("Ready to accept connections", Duration::from_secs(10))
-            .is_some(),
-        "redis-server did not start"
-    );
+    let redis = start_redis(redis_port);
     let url = format!("redis://127.0.0.1:{redis_port}");
     let (a, b) = (free_port(), free_port());
     let _node_a = camstream_signal_with(a, &["--redis", &url]);
@@ -338,6 +321,41 @@ fn two_relay_nodes_share_rooms_through_redis() {
         Duration::from_secs(5),
     );
     assert!(s.frames > 0);
+
+    // Redis restarts (an upgrade, a crash): the nodes reconnect, subscribe again, and a new
+    // viewer on node A still reaches the device on node B.
+    drop(v);
+    drop(redis);
+    std::thread::sleep(Duration::from_millis(500));
+    let redis = start_redis(redis_port);
+    let v2 = viewer(a, "test01", 1000, None);
+    v2.wait_for("\"join\"", Duration::from_secs(20))
+        .expect("after the Redis restart, the viewer on node A joins the room on node B");
+    v2.wait_for("\"bridge\"", Duration::from_secs(20))
+        .expect("bridge across nodes after the Redis restart");
+    drop(redis);
+}
+
+fn start_redis(port: u16) -> Peer {
+    let mut c = Command::new("redis-server");
+    c.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let redis = Peer::spawn(c);
+    assert!(
+        redis
+            .wait_for("Ready to accept connections", Duration::from_secs(10))
+            .is_some(),
+        "redis-server did not start"
+    );
+    redis
 }
 
 /// Production runs on TLS: the relay over HTTPS/WSS and the push over RTSPS, both with a

@@ -23,6 +23,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 
 mod lock;
+mod redis_driver;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
@@ -159,13 +160,13 @@ async fn main() -> Result<()> {
             lock::use_redis(&client).await?;
             let config = socketioxide_redis::RedisAdapterConfig::new()
                 .with_request_timeout(std::time::Duration::from_millis(500));
-            let adapter =
-                socketioxide_redis::RedisAdapterCtr::new_with_redis_config(&client, config)
-                    .await
-                    .context("cannot reach Redis")?;
+            let driver = redis_driver::ReconnectingDriver::new(&client)
+                .await
+                .context("cannot reach Redis")?;
+            let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, config);
             let (layer, io) = SocketIo::builder()
                 .max_payload(64 * 1024)
-                .with_adapter::<socketioxide_redis::RedisAdapter<_>>(adapter)
+                .with_adapter::<socketioxide_redis::CustomRedisAdapter<_, redis_driver::ReconnectingDriver>>(adapter)
                 .build_layer();
             io.ns("/", noop.with(register_handlers))
                 .await
