@@ -152,8 +152,9 @@ function playHls(path, lowLatency) {
   video.play().catch(() => {});
 }
 
-// WebRTC through WHEP (RFC 9725): one recvonly video transceiver, the offer with all its
-// candidates in one POST, the answer in the 201 response.
+// WebRTC through WHEP (RFC 9725): one recvonly H.264 video transceiver. The offer is POSTed
+// before this side gathers any candidate, so a media server without WHEP costs nothing (no
+// ICE gathering, no mDNS announcements); the candidates then follow by trickle ICE (PATCH).
 async function playWebrtc(path) {
   if (!window.RTCPeerConnection) throw new Error("no WebRTC in this browser");
   const conn = new RTCPeerConnection({ iceServers: [] });
@@ -166,24 +167,28 @@ async function playWebrtc(path) {
     video.srcObject = e.streams[0] || new MediaStream([e.track]);
     video.play().catch(() => {});
   };
-  await conn.setLocalDescription(await conn.createOffer());
-  await new Promise((resolve) => {
-    if (conn.iceGatheringState === "complete") return resolve();
-    conn.addEventListener("icegatheringstatechange", () => {
-      if (conn.iceGatheringState === "complete") resolve();
-    });
-    setTimeout(resolve, 2000);
-  });
+  const offer = await conn.createOffer();
   const url = mediaUrl(whepTemplate, path);
   const res = await fetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/sdp" },
-    body: conn.localDescription.sdp,
+    body: offer.sdp,
   });
   if (res.status !== 201) throw new Error(`WHEP answered ${res.status}`);
   if (conn !== pc) return;
   const location = res.headers.get("Location");
   if (location) whepSession = new URL(location, url).toString();
+  const session = whepSession;
+  conn.onicecandidate = (e) => {
+    // mDNS names (*.local) mean nothing to a server elsewhere: not sent.
+    if (!e.candidate || !e.candidate.candidate || !session || /\.local /.test(e.candidate.candidate)) return;
+    fetch(session, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/trickle-ice-sdpfrag" },
+      body: sdpFragment(offer.sdp, e.candidate),
+    }).catch(() => {});
+  };
+  await conn.setLocalDescription(offer);
   await conn.setRemoteDescription({ type: "answer", sdp: await res.text() });
   await new Promise((resolve, reject) => {
     const check = () => {
@@ -202,6 +207,14 @@ async function playWebrtc(path) {
       play(p);
     }
   });
+}
+
+// One candidate as an SDP fragment (RFC 8840) for the offer's ICE credentials and m-line.
+function sdpFragment(sdp, candidate) {
+  const line = (key) => (sdp.match(new RegExp(`^a=${key}:(.*)$`, "m")) || [])[1] || "";
+  const media = (sdp.match(/^m=.*$/m) || ["m=video 9 UDP/TLS/RTP/SAVPF 96"])[0];
+  return [`a=ice-ufrag:${line("ice-ufrag").trim()}`, `a=ice-pwd:${line("ice-pwd").trim()}`,
+    media, `a=mid:${candidate.sdpMid ?? line("mid").trim()}`, `a=${candidate.candidate}`, ""].join("\r\n");
 }
 
 // Current live delay: hls.js's estimate, or for WebRTC the receiver's jitter buffer.
