@@ -51,6 +51,16 @@ fn viewer_plays_goes_offline_and_resumes_without_reload() {
     let variance: f64 = parts[3].parse().unwrap();
     eprintln!("request -> first picture in the browser: {first_ms} ms; pixel variance {variance}");
     assert!(variance > 50.0, "blank picture (variance {variance})");
+    let (_, page) = browser
+        .wait_for("STEP page", Duration::from_secs(10))
+        .expect("page size");
+    let parts: Vec<&str> = page.split_whitespace().collect();
+    let (files, bytes): (usize, usize) = (parts[2].parse().unwrap(), parts[3].parse().unwrap());
+    eprintln!("page load: {files} files, {bytes} bytes transferred");
+    assert!(
+        files <= 3 && bytes < 200_000,
+        "page too heavy: {files} files, {bytes} bytes"
+    );
     // The second viewer picked WebRTC; the stand-in offers only HLS, and the page still plays.
     let (_, line) = browser
         .wait_for("STEP second-live", Duration::from_secs(60))

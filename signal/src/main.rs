@@ -139,7 +139,8 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let mut app = axum::Router::new();
     if let Some(dir) = &args.static_dir {
-        app = app.fallback_service(ServeDir::new(dir));
+        // The build ships gzip copies next to the files (web/: npm run build).
+        app = app.fallback_service(ServeDir::new(dir).precompressed_gzip());
     }
     let app = match &args.redis {
         None => {

@@ -1,6 +1,8 @@
 // Drives the web viewer in headless Chromium (Debian's chromium, through playwright-core) and
 // reports each step on stdout for the Rust test that owns the device:
 //   STEP live <first-picture-ms> <pixel-variance>   first context plays
+//   STEP page <files> <bytes>                       what the page itself cost to load (its own
+//                                                   origin: document and assets, as transferred)
 //   STEP second-live <details>                      a second context, which chose WebRTC in
 //                                                   the page, plays at the same time (through
 //                                                   HLS when the media server has no WHEP)
@@ -68,6 +70,12 @@ async function variance(page) {
   const v = await variance(a.page);
   await a.page.screenshot({ path: shot });
   await out(`STEP live ${firstMs} ${v.toFixed(1)}`);
+  const [files, bytes] = await a.page.evaluate(() => {
+    const own = [...performance.getEntriesByType("navigation"), ...performance.getEntriesByType("resource")]
+      .filter((e) => new URL(e.name).origin === location.origin && !e.name.includes("/socket.io/"));
+    return [own.length, own.reduce((n, e) => n + e.transferSize, 0)];
+  });
+  await out(`STEP page ${files} ${bytes}`);
   const b = await open("webrtc");
   await waitLive(b.page, 45000);
   await out("STEP second-live " + await b.page.textContent("#details"));
