@@ -10,14 +10,12 @@ use std::process::Command;
 
 use common::*;
 
-/// `camstream check-config` over the image's settings plus `layers`.
+const IMAGE_SETTINGS: &str = "overlay/etc/camstream/camstream.toml";
+
+/// `camstream check-config` over the settings files `layers`, in order.
 fn check(layers: &[&Path]) -> (bool, String) {
     let mut c = Command::new(BIN);
-    c.args([
-        "check-config",
-        "--config",
-        "overlay/etc/camstream/camstream.toml",
-    ]);
+    c.arg("check-config");
     for l in layers {
         c.arg("--config").arg(l);
     }
@@ -71,7 +69,7 @@ fn firstboot_turns_camstream_txt_into_settings() {
     );
     assert_eq!(t["signal"]["token"].as_str(), Some("s3cr\"t"));
     assert_eq!(t["uplink"]["password"].as_str(), Some("p\"w\\d"));
-    let (ok, err) = check(&[&site]);
+    let (ok, err) = check(&[Path::new(IMAGE_SETTINGS), &site]);
     assert!(ok, "the daemon refuses the generated settings: {err}");
 
     let wpa = std::fs::read_to_string(dir.join("camstream/wpa_supplicant.conf")).unwrap();
@@ -101,7 +99,7 @@ fn firstboot_turns_camstream_txt_into_settings() {
     );
     assert!(t.get("uplink").is_none());
     assert!(!modem.exists(), "modem settings left behind");
-    let (ok, err) = check(&[&site]);
+    let (ok, err) = check(&[Path::new(IMAGE_SETTINGS), &site]);
     assert!(ok, "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -121,7 +119,7 @@ fn virtual_board_post_build_selects_the_test_source_and_no_display() {
     let target = temp_dir("qemu-target");
     std::fs::create_dir_all(target.join("etc/camstream")).unwrap();
     let conf = target.join("etc/camstream/camstream.toml");
-    std::fs::copy("overlay/etc/camstream/camstream.toml", &conf).unwrap();
+    std::fs::copy(IMAGE_SETTINGS, &conf).unwrap();
     let run = || {
         Command::new("sh")
             .arg("buildroot/board/camstream/qemu/post-build.sh")
@@ -134,16 +132,8 @@ fn virtual_board_post_build_selects_the_test_source_and_no_display() {
     let t = table(&conf);
     assert_eq!(t["camera"]["source"].as_str(), Some("test"));
     assert_eq!(t["display"]["sink"].as_str(), Some("none"));
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = check(&[&conf]);
+    assert!(ok, "{err}");
     // A second run over the same file (no fresh overlay copy) refuses rather than writing a
     // second [display] table the daemon would reject.
     assert!(!run());
