@@ -10,6 +10,20 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// Marks an error as a configuration the device cannot run (a bad key, an unknown profile, an
+/// element the board's image lacks): retrying cannot help, so the daemon exits 2 and the service
+/// manager does not restart it.
+#[derive(Debug)]
+pub struct ConfigError;
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the device cannot run this configuration")
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// An integer that must lie in `MIN..=MAX`; checked while deserialising so that the TOML error
 /// carries the line of the offending value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use gst::prelude::*;
 
 use crate::backoff::Backoff;
 use crate::branch::{self, Branch};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::plan::{self, SourceOutput};
 use crate::profile::Profiles;
 use crate::recording::{Recorder, Recovery};
@@ -89,7 +89,11 @@ fn build_core(
         for s in &enc.skipped {
             log::warn!("encoder {}: property skipped: {s}", enc.element);
         }
-        log::info!("encoder: {}", enc.element);
+        if enc.fallback_from.is_empty() {
+            log::info!("encoder: {}", enc.element);
+        } else {
+            log::warn!("encoder: {}", enc.summary());
+        }
         raw_format = profiles.encoder_input_format(&enc.element).to_string();
         let bin = branch::bin_from_description("encode", &enc.description)?;
         pipeline.add(&bin)?;
@@ -570,14 +574,15 @@ fn shutdown(st: &Shared) {
 /// Runs the device until a stop signal or an unrecoverable error; returns the exit code.
 pub fn run(cfg: Config) -> Result<i32> {
     gst::init().context("cannot initialise GStreamer")?;
-    let profiles = Profiles::load(&cfg)?;
+    let profiles = Profiles::load(&cfg).context(ConfigError)?;
     log::info!(
         "board profile {} ({})",
         profiles.board.name,
         profiles.board.description
     );
     let passthrough = wants_passthrough(&cfg, &profiles);
-    let (pipeline, raw_tee, enc_tee, raw_format) = build_core(&cfg, &profiles, passthrough)?;
+    let (pipeline, raw_tee, enc_tee, raw_format) =
+        build_core(&cfg, &profiles, passthrough).context(ConfigError)?;
     let display_description = plan::plan_display(&cfg, &profiles);
     if display_description.is_none() {
         log::info!("display: none ({:?})", cfg.display.sink);

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use camstream::config::Config;
+use camstream::config::{Config, ConfigError};
 use camstream::{daemon, logging, plan, probe, profile::Profiles, recording};
 
 #[derive(Parser)]
@@ -23,6 +23,10 @@ struct ConfigArgs {
     /// Configuration file (TOML); repeat to layer files, later ones overriding earlier ones.
     #[arg(long, short, default_value = "/etc/camstream/camstream.toml")]
     config: Vec<PathBuf>,
+    /// Configuration file layered after the --config files, skipped with a notice when it does
+    /// not exist (settings on a data partition that failed to mount); repeatable.
+    #[arg(long = "optional-config", value_name = "FILE")]
+    optional_config: Vec<PathBuf>,
     /// Override a key, e.g. --set rtsp.port=9554 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -48,8 +52,21 @@ enum Command {
     },
 }
 
+/// The config files to read: every --config, then each --optional-config that exists.
+fn layers(args: &ConfigArgs) -> Vec<PathBuf> {
+    let mut files = args.config.clone();
+    for f in &args.optional_config {
+        if f.exists() {
+            files.push(f.clone());
+        } else {
+            log::warn!("optional config file {} not found: skipped", f.display());
+        }
+    }
+    files
+}
+
 fn load(args: &ConfigArgs) -> Result<Config> {
-    Config::load_layers(&args.config, &args.set)
+    Config::load_layers(&layers(args), &args.set)
 }
 
 fn real_main() -> Result<u8> {
@@ -59,12 +76,20 @@ fn real_main() -> Result<u8> {
         Command::Run(args) => {
             let cfg = load(&args)?;
             logging::init(logging::level_filter(cfg.log.level));
-            let code = daemon::run(cfg)?;
-            Ok(code as u8)
+            match daemon::run(cfg) {
+                Ok(code) => Ok(code as u8),
+                // Only a configuration the device cannot run exits 2 (the service manager does
+                // not restart it: the same error would come back); anything else exits 1.
+                Err(e) if e.is::<ConfigError>() => Err(e),
+                Err(e) => {
+                    eprintln!("camstream: error: {e:#}");
+                    Ok(1)
+                }
+            }
         }
         Command::CheckConfig(args) => {
             load(&args)?;
-            for c in &args.config {
+            for c in layers(&args) {
                 println!("{}: OK", c.display());
             }
             Ok(0)
@@ -77,7 +102,7 @@ fn real_main() -> Result<u8> {
                 Config::default()
             };
             gst::init().context("cannot initialise GStreamer")?;
-            probe::run(&Profiles::load(&cfg)?)?;
+            probe::run(&cfg, &Profiles::load(&cfg)?)?;
             Ok(0)
         }
         Command::Graph(args) => {

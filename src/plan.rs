@@ -31,6 +31,23 @@ pub struct EncoderPlan {
     /// `queue ! encoder ! caps ! h264parse ! caps`, from raw tee to encoded tee.
     pub description: String,
     pub skipped: Vec<String>,
+    /// The board's preferred encoders that could not be used, with the reason each.
+    pub fallback_from: Vec<(String, String)>,
+}
+
+impl EncoderPlan {
+    /// "x264enc (fallback: v4l2h264enc not installed …)", for logs, `probe` and `graph`.
+    pub fn summary(&self) -> String {
+        if self.fallback_from.is_empty() {
+            return self.element.clone();
+        }
+        let why: Vec<String> = self
+            .fallback_from
+            .iter()
+            .map(|(name, reason)| format!("{name} {reason}"))
+            .collect();
+        format!("{} (fallback: {})", self.element, why.join("; "))
+    }
 }
 
 /// Name of the qroverlay that stamps capture times into test frames.
@@ -95,22 +112,62 @@ pub fn first_usable(names: &[String]) -> Option<String> {
 /// An element counts only if it can be created and opened: a v4l2 M2M encoder registers its
 /// factory from the device list, but a VA-API one exists even without a GPU.
 pub fn usable(name: &str) -> bool {
+    unusable_reason(name).is_none()
+}
+
+/// Why `name` cannot be used here, or None when it can: not installed (no plugin provides
+/// it), or installed but it does not open, with the element's own error.
+pub fn unusable_reason(name: &str) -> Option<String> {
     let Ok(element) = gst::ElementFactory::make(name).build() else {
-        return false;
+        return Some("not installed (no plugin provides it)".into());
     };
-    let ok = element.set_state(gst::State::Ready).is_ok();
-    let _ = element.set_state(gst::State::Null);
-    ok
+    // Inside a bin of its own, so that the error it posts while opening can be read back.
+    let bin = gst::Pipeline::new();
+    if bin.add(&element).is_err() {
+        return Some("cannot be added to a pipeline".into());
+    }
+    let opened = bin.set_state(gst::State::Ready).is_ok();
+    let _ = bin.set_state(gst::State::Null);
+    if opened {
+        return None;
+    }
+    let detail = bin
+        .bus()
+        .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+        .and_then(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "it refused to start".into());
+    Some(format!("installed, does not open: {detail}"))
+}
+
+/// The board's encoder candidates that were passed over before `chosen`, with the reason.
+pub fn passed_over(candidates: &[String], chosen: &str) -> Vec<(String, String)> {
+    candidates
+        .iter()
+        .take_while(|c| c.as_str() != chosen)
+        .map(|c| {
+            let why = unusable_reason(c).unwrap_or_else(|| "usable".into());
+            (c.clone(), why)
+        })
+        .collect()
 }
 
 pub fn plan_encoder(cfg: &Config, profiles: &Profiles) -> Result<EncoderPlan> {
     let candidates = profiles.encoder_candidates(cfg);
     let element = first_usable(&candidates).ok_or_else(|| {
+        let reasons: Vec<String> = candidates
+            .iter()
+            .map(|c| format!("{c}: {}", unusable_reason(c).unwrap_or_default()))
+            .collect();
         anyhow!(
-            "no usable H.264 encoder among [{}] (each must exist and reach READY)",
-            candidates.join(", ")
+            "no usable H.264 encoder for board profile {} ({})",
+            profiles.board.name,
+            reasons.join("; ")
         )
     })?;
+    let fallback_from = passed_over(&candidates, &element);
     let instance = gst::ElementFactory::make(&element).build()?;
     let (props, skipped) =
         supported_properties(&instance, &profiles.encoder_properties(&element, cfg));
@@ -132,6 +189,7 @@ pub fn plan_encoder(cfg: &Config, profiles: &Profiles) -> Result<EncoderPlan> {
         element,
         description,
         skipped,
+        fallback_from,
     })
 }
 
@@ -341,7 +399,11 @@ pub fn describe_graph(cfg: &Config, profiles: &Profiles) -> Result<String> {
     let display = plan_display(cfg, profiles);
     match (&src, &enc) {
         (Ok(s), Ok(e)) => {
-            out.push_str(&format!("# source: {}\n# encoder: {}\n", s.note, e.element));
+            out.push_str(&format!(
+                "# source: {}\n# encoder: {}\n",
+                s.note,
+                e.summary()
+            ));
             for k in &e.skipped {
                 out.push_str(&format!("# encoder property skipped: {k}\n"));
             }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use gst::prelude::*;
 
+use crate::config::Config;
 use crate::plan;
 use crate::profile::Profiles;
 
@@ -41,7 +42,7 @@ fn summarise(caps: &gst::Caps) -> Vec<String> {
         .collect()
 }
 
-pub fn run(profiles: &Profiles) -> Result<()> {
+pub fn run(cfg: &Config, profiles: &Profiles) -> Result<()> {
     println!(
         "board: {} ({})",
         profiles.board.name, profiles.board.description
@@ -69,14 +70,12 @@ pub fn run(profiles: &Profiles) -> Result<()> {
     }
     println!("H.264 encoders (priority order of this board):");
     for name in &profiles.board.encoders {
-        let state = if gst::ElementFactory::find(name).is_none() {
-            "not installed"
-        } else if plan::usable(name) {
-            "usable"
-        } else {
-            "installed, does not open"
-        };
+        let state = plan::unusable_reason(name).unwrap_or_else(|| "usable".into());
         println!("  {name}: {state}");
+    }
+    match plan::plan_encoder(cfg, profiles) {
+        Ok(enc) => println!("encoder used: {}", enc.summary()),
+        Err(e) => println!("encoder used: none: {e:#}"),
     }
     println!(
         "display: {}",
