@@ -14,11 +14,13 @@ if [ -x ../host/bin/qemu-system-aarch64 ]; then
 	QEMU=../host/bin/qemu-system-aarch64
 fi
 # virtio-blk-pci, not virtio-mmio: PCI enumerates in command-line order, so the root is
-# always /dev/vda.
+# always /dev/vda. A USB controller is there for a camera passed through from this machine:
+#   start-qemu.sh -device usb-host,vendorid=0x046d,productid=0x0825
 exec "${QEMU}" -M virt -cpu cortex-a53 -smp 2 -m 1024 -nographic \
 	-kernel Image -append "rootwait root=/dev/vda ro console=ttyAMA0" \
 	-drive file=rootfs.ext4,if=none,format=raw,id=root -device virtio-blk-pci,drive=root \
 	-drive file=data.ext4,if=none,format=raw,id=data -device virtio-blk-pci,drive=data \
 	-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:${RTSP_PORT:-8554}-:8554" \
 	-device virtio-net-pci,netdev=net0 \
+	-device qemu-xhci,id=xhci \
 	"$@"
