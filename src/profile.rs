@@ -15,6 +15,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("generic", include_str!("../pipelines/generic.toml")),
     ("rpi4", include_str!("../pipelines/rpi4.toml")),
     ("rpi5", include_str!("../pipelines/rpi5.toml")),
+    ("virt", include_str!("../pipelines/virt.toml")),
 ];
 const BUILTIN_ENCODERS: &str = include_str!("../pipelines/encoders.toml");
 
@@ -210,7 +211,7 @@ mod tests {
         assert_eq!(props["bitrate"], "2500");
         assert_eq!(props["key-int-max"], "15");
         assert_eq!(props["tune"], "zerolatency");
-        for name in ["rpi4", "rpi5"] {
+        for name in ["rpi4", "rpi5", "virt"] {
             cfg.pipeline.profile = name.into();
             let p = Profiles::load(&cfg).unwrap();
             for enc in &p.board.encoders {
