@@ -597,12 +597,15 @@ pub enum LogLevel {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub level: LogLevel,
+    /// How often frames dropped by the leaky queues are reported (log and service status).
+    pub drops_report_seconds: Ranged<1, 3600>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: LogLevel::Info,
+            drops_report_seconds: Ranged(10),
         }
     }
 }
@@ -799,9 +802,12 @@ impl Config {
         Ok(())
     }
 
-    /// Frames between keyframes at the configured frame rate, at least 1.
+    /// The encoder's own keyframe interval, in frames: twice the configured interval at the
+    /// configured frame rate. Only a backstop: keyframes are forced by time (`keyframes.rs`),
+    /// which holds whatever rate the camera really delivers.
     pub fn keyframe_frames(&self) -> u32 {
-        let frames = (self.encoder.keyframe_interval_ms.get() * self.camera.fps.get() + 999) / 1000;
+        let frames =
+            (2 * self.encoder.keyframe_interval_ms.get() * self.camera.fps.get() + 999) / 1000;
         frames.max(1) as u32
     }
 }
@@ -815,7 +821,7 @@ mod tests {
         let c = Config::from_str_with_origin("t", "").unwrap();
         assert_eq!(c.rtsp.port.get(), 8554);
         assert_eq!(c.rtsp.mount.as_str(), "/live");
-        assert_eq!(c.keyframe_frames(), 15);
+        assert_eq!(c.keyframe_frames(), 30);
     }
 
     #[test]

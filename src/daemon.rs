@@ -14,6 +14,7 @@ use gst::prelude::*;
 use crate::backoff::Backoff;
 use crate::branch::{self, Branch};
 use crate::config::{Config, ConfigError};
+use crate::drops::Drops;
 use crate::plan::{self, SourceOutput};
 use crate::profile::Profiles;
 use crate::recording::{Recorder, Recovery};
@@ -48,6 +49,7 @@ struct State {
     main_loop: glib::MainLoop,
     exit_code: i32,
     stopping: bool,
+    drops: Drops,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -65,8 +67,10 @@ fn build_core(
     cfg: &Config,
     profiles: &Profiles,
     passthrough: bool,
+    drops: &Drops,
 ) -> Result<(gst::Pipeline, gst::Element, gst::Element, String)> {
     let pipeline = gst::Pipeline::with_name("camstream");
+    drops.watch(&pipeline);
     let raw_tee = make("tee", "raw")?;
     let enc_tee = make("tee", "enc")?;
     for t in [&raw_tee, &enc_tee] {
@@ -96,6 +100,10 @@ fn build_core(
         }
         raw_format = profiles.encoder_input_format(&enc.element).to_string();
         let bin = branch::bin_from_description("encode", &enc.description)?;
+        if let Some(encoder) = bin.by_name("encoder") {
+            let ms = cfg.encoder.keyframe_interval_ms.get() as u64;
+            crate::keyframes::keep_interval(&encoder, gst::ClockTime::from_mseconds(ms));
+        }
         pipeline.add(&bin)?;
         gst::Element::link_many([&raw_tee, bin.upcast_ref(), &enc_tee])?;
     }
@@ -581,8 +589,9 @@ pub fn run(cfg: Config) -> Result<i32> {
         profiles.board.description
     );
     let passthrough = wants_passthrough(&cfg, &profiles);
+    let drops = Drops::default();
     let (pipeline, raw_tee, enc_tee, raw_format) =
-        build_core(&cfg, &profiles, passthrough).context(ConfigError)?;
+        build_core(&cfg, &profiles, passthrough, &drops).context(ConfigError)?;
     let display_description = plan::plan_display(&cfg, &profiles);
     if display_description.is_none() {
         log::info!("display: none ({:?})", cfg.display.sink);
@@ -611,6 +620,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         main_loop: main_loop.clone(),
         exit_code: 0,
         stopping: false,
+        drops: drops.clone(),
     }));
 
     let bus = pipeline
@@ -674,6 +684,11 @@ pub fn run(cfg: Config) -> Result<i32> {
     }
 
     crate::sdnotify::ready();
+    let period = Duration::from_secs(cfg.log.drops_report_seconds.get() as u64);
+    glib::timeout_add_local(period, move || {
+        crate::sdnotify::status(&drops.report());
+        glib::ControlFlow::Continue
+    });
     if let Some(period) = crate::sdnotify::watchdog_period() {
         glib::timeout_add_local(period, || {
             crate::sdnotify::watchdog();
@@ -694,6 +709,8 @@ pub fn run(cfg: Config) -> Result<i32> {
     if let Some(r) = st.borrow().recorder.as_ref() {
         log::info!("{}", r.summary());
     }
+    st.borrow().drops.report();
+    log::info!("{}", st.borrow().drops.summary());
     let code = st.borrow().exit_code;
     st.borrow_mut().rtsp = None;
     log::info!("stopped (exit code {code})");

@@ -7,6 +7,8 @@ pub mod backoff;
 pub mod branch;
 pub mod config;
 pub mod daemon;
+pub mod drops;
+pub mod keyframes;
 pub mod logging;
 pub mod plan;
 pub mod probe;

@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(p.board.encoders.last().unwrap(), "openh264enc");
         let props = p.encoder_properties("x264enc", &cfg);
         assert_eq!(props["bitrate"], "2500");
-        assert_eq!(props["key-int-max"], "15");
+        assert_eq!(props["key-int-max"], "30");
         assert_eq!(props["tune"], "zerolatency");
         for name in ["rpi4", "rpi5", "virt"] {
             cfg.pipeline.profile = name.into();

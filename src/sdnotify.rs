@@ -30,6 +30,11 @@ pub fn ready() {
     send("READY=1");
 }
 
+/// One line for `systemctl status`.
+pub fn status(text: &str) {
+    send(&format!("STATUS={}", text.replace('\n', " ")));
+}
+
 pub fn stopping() {
     send("STOPPING=1");
 }

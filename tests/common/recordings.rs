@@ -68,3 +68,35 @@ pub fn summary_frames(log: &str) -> (u64, u64, u64) {
     let n = nums.len();
     (nums[n - 3], nums[n - 2], nums[n - 1])
 }
+
+/// Presentation times of the keyframes in `file`, from the container's packet flags.
+pub fn keyframe_times(file: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time,flags",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (pts, flags) = l.split_once(',')?;
+            flags.starts_with('K').then(|| pts.parse().ok()).flatten()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t
+}
