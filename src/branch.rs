@@ -22,6 +22,38 @@ pub fn bin_from_description(name: &str, description: &str) -> Result<gst::Bin> {
     Ok(bin)
 }
 
+/// Opens `bin` (to READY) on the calling thread; on failure the error says why, in the words
+/// of the element that refused (a bare bin has no bus, so it is opened inside a pipeline of its
+/// own and taken out again).
+pub fn open(bin: &gst::Bin) -> Result<()> {
+    let probe = gst::Pipeline::new();
+    probe.add(bin)?;
+    let opened = bin.set_state(gst::State::Ready).is_ok();
+    let why = (!opened).then(|| {
+        probe
+            .bus()
+            .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+            .and_then(|m| match m.view() {
+                gst::MessageView::Error(e) => Some(format!(
+                    "{}: {} ({})",
+                    e.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .unwrap_or_else(|| "it refused to open".into())
+    });
+    if !opened {
+        let _ = bin.set_state(gst::State::Null);
+    }
+    probe.remove(bin)?;
+    match why {
+        None => Ok(()),
+        Some(why) => Err(anyhow!("{why}")),
+    }
+}
+
 /// Whether `obj` (a bus message source) lives inside `bin`.
 pub fn contains(bin: &gst::Bin, obj: &gst::Object) -> bool {
     obj == bin.upcast_ref::<gst::Object>() || obj.has_as_ancestor(bin)

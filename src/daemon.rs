@@ -202,10 +202,7 @@ fn try_display(st: &Shared) {
     let (tx, rx) = std::sync::mpsc::channel::<Result<gst::Bin>>();
     std::thread::spawn(move || {
         let opened = branch::bin_from_description("display", &desc).and_then(|bin| {
-            if bin.set_state(gst::State::Ready).is_err() {
-                let _ = bin.set_state(gst::State::Null);
-                bail!("display sink does not open");
-            }
+            branch::open(&bin).context("display sink does not open")?;
             Ok(bin)
         });
         let _ = tx.send(opened);

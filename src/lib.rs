@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod branch;
 pub mod config;
 pub mod daemon;
+pub mod drm;
 pub mod drops;
 pub mod keyframes;
 pub mod logging;

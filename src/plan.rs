@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use gst::prelude::*;
 
 use crate::config::{CameraFormat, Config, DisplaySink, SourceKind, TestOverlay};
-use crate::profile::{Profiles, Properties};
+use crate::profile::{DisplayFit, Profiles, Properties};
 
 /// What the source part of the graph produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,23 +336,12 @@ pub fn plan_source(cfg: &Config, profiles: &Profiles, raw_format: &str) -> Resul
     }
 }
 
-/// Whether a DRM connector reports a connected screen.
-pub fn drm_connected() -> bool {
-    let Ok(entries) = std::fs::read_dir("/sys/class/drm") else {
-        return false;
-    };
-    entries.filter_map(|e| e.ok()).any(|e| {
-        std::fs::read_to_string(e.path().join("status"))
-            .map(|s| s.trim() == "connected")
-            .unwrap_or(false)
-    })
-}
-
 /// The display branch (from the raw tee), or None when there is to be no display.
 pub fn plan_display(cfg: &Config, profiles: &Profiles) -> Option<String> {
+    let screen = crate::drm::connected_screen();
     let sink = match cfg.display.sink {
         DisplaySink::None => return None,
-        DisplaySink::Auto if !drm_connected() => return None,
+        DisplaySink::Auto if screen.is_none() => return None,
         DisplaySink::Auto | DisplaySink::Kms => "kmssink",
         DisplaySink::Window => "autovideosink",
     };
@@ -362,8 +351,26 @@ pub fn plan_display(cfg: &Config, profiles: &Profiles) -> Option<String> {
         .get(sink)
         .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    if sink == "kmssink" && cfg.display.connector.get() >= 0 {
-        props.push(("connector-id".into(), cfg.display.connector.to_string()));
+    let mut fit = String::new();
+    if sink == "kmssink" {
+        if cfg.display.connector.get() >= 0 {
+            props.push(("connector-id".into(), cfg.display.connector.to_string()));
+        }
+        // The card that has the screen, by its driver's name: kmssink otherwise tries only
+        // the drivers it knows of.
+        if let Some(driver) = screen.as_ref().and_then(|s| s.driver.clone()) {
+            if !props.iter().any(|(k, _)| k == "driver-name") {
+                props.push(("driver-name".into(), driver));
+            }
+        }
+        if profiles.board.display_fit == DisplayFit::Mode {
+            if let Some((w, h)) = screen.as_ref().and_then(|s| s.mode) {
+                // Aspect kept: videoscale adds black borders to fill the mode.
+                fit = format!(
+                    " ! videoscale add-borders=true ! video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1"
+                );
+            }
+        }
     }
     // Frames are shown as they come (lowest latency), and adding the sink to the running
     // pipeline must not make it preroll again.
@@ -371,7 +378,7 @@ pub fn plan_display(cfg: &Config, profiles: &Profiles) -> Option<String> {
     props.push(("async".into(), "false".into()));
     // A display that cannot keep up drops frames instead of holding up the raw tee.
     Some(format!(
-        "queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! videoconvert ! {}",
+        "queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream{fit} ! videoconvert ! {}",
         element_with(sink, &props)
     ))
 }

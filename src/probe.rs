@@ -77,13 +77,16 @@ pub fn run(cfg: &Config, profiles: &Profiles) -> Result<()> {
         Ok(enc) => println!("encoder used: {}", enc.summary()),
         Err(e) => println!("encoder used: none: {e:#}"),
     }
-    println!(
-        "display: {}",
-        if plan::drm_connected() {
-            "connected DRM connector found (kmssink)"
-        } else {
-            "no connected DRM connector"
-        }
-    );
+    match crate::drm::connected_screen() {
+        Some(s) => println!(
+            "display: {} connected (DRM driver {}, preferred mode {}): kmssink",
+            s.connector,
+            s.driver.as_deref().unwrap_or("unknown"),
+            s.mode
+                .map(|(w, h)| format!("{w}x{h}"))
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        None => println!("display: no connected DRM connector"),
+    }
     Ok(())
 }

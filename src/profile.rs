@@ -45,9 +45,25 @@ pub struct BoardProfile {
     pub h264_decoders: Vec<String>,
     #[serde(default)]
     pub display_properties: BTreeMap<String, Properties>,
+    #[serde(default)]
+    pub display_fit: DisplayFit,
     /// Per-encoder properties that replace or extend `encoders.toml` on this board.
     #[serde(default)]
     pub encoder_properties: BTreeMap<String, Properties>,
+}
+
+/// How the picture is made to fit the screen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplayFit {
+    /// The display controller scales a plane to the screen's current mode (vc4's HVS does):
+    /// the picture goes as it is.
+    #[default]
+    Plane,
+    /// The primary plane cannot scale (virtio-gpu, many PC GPUs): the picture is scaled in
+    /// software, aspect kept, to the screen's preferred mode, which kmssink then sets
+    /// (`force-modesetting` in the profile's kmssink properties).
+    Mode,
 }
 
 /// A resolved profile plus the encoder mapping table.

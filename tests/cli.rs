@@ -305,7 +305,7 @@ fn missing_camera_is_retried_while_the_rtsp_server_stays_up() {
 fn failing_display_is_retried_and_never_stops_the_stream() {
     // No DRM device here: kmssink fails; RTSP must not notice.
     if std::path::Path::new("/dev/dri/card0").exists() {
-        eprintln!("skipped: this machine has a DRM device, kmssink would not fail");
+        eprintln!("SKIPPED: this machine has a DRM device, kmssink would not fail");
         return;
     }
     let cfg = dev_config(free_port(), "")
@@ -321,6 +321,11 @@ fn failing_display_is_retried_and_never_stops_the_stream() {
     assert!(s.frames >= 60, "{s:?}");
     let text = dev.log_text();
     assert!(text.contains("other branches go on, retrying"), "{text}");
+    // The sink's own reason, not just that it failed.
+    assert!(
+        text.contains("display sink does not open: kmssink") && text.contains("DRM"),
+        "{text}"
+    );
 }
 
 #[test]
