@@ -671,7 +671,7 @@ pub fn run(cfg: Config) -> Result<i32> {
 
     if cfg.rtsp.enabled {
         let server = RtspServer::start(&cfg.rtsp, &pipeline, &enc_tee)?;
-        log::info!("RTSP server ready at {}", server.url);
+        log::info!("RTSP server ready at {}", server.urls.join(", "));
         println!("RTSP: {}", server.url);
         st.borrow_mut().rtsp = Some(server);
     }

@@ -445,6 +445,14 @@ pub fn describe_graph(cfg: &Config, profiles: &Profiles) -> Result<String> {
         Some(d) => out.push_str(&format!("raw. ! {d}\n")),
         None => out.push_str("# display: none\n"),
     }
+    if cfg.recording.enabled {
+        out.push_str(&format!(
+            "# recording to {}, {} s files\nenc. ! {}\n",
+            cfg.recording.dir,
+            cfg.recording.segment_seconds,
+            crate::recording::description(&cfg.recording)
+        ));
+    }
     if cfg.rtsp.enabled {
         out.push_str(&format!(
             "# RTSP rtsp://{}:{}{} : one branch per shared media, attached while clients watch\nenc. ! {}\n",

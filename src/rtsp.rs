@@ -38,6 +38,8 @@ pub struct RtspServer {
     _source: glib::SourceId,
     shared: Arc<Shared>,
     pub url: String,
+    /// Every address a client can use: the machine's addresses when bound to all of them.
+    pub urls: Vec<String>,
 }
 
 impl RtspServer {
@@ -142,11 +144,16 @@ impl RtspServer {
             server.bound_port(),
             cfg.mount.as_str()
         );
+        let urls = client_addresses(cfg.bind)
+            .iter()
+            .map(|h| format!("rtsp://{h}:{}{}", server.bound_port(), cfg.mount.as_str()))
+            .collect();
         Ok(Self {
             _server: server,
             _source: source,
             shared,
             url,
+            urls,
         })
     }
 
@@ -279,4 +286,39 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
         }
     });
     Ok(())
+}
+
+/// The addresses clients can reach a server bound to `bind` at: `bind` itself, or, for the
+/// unspecified address, every address of the machine's interfaces that are up (loopback last).
+fn client_addresses(bind: std::net::IpAddr) -> Vec<String> {
+    let show = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    if !bind.is_unspecified() {
+        return vec![show(bind)];
+    }
+    let mut out: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|ifs| {
+            ifs.filter(|i| i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+                .filter_map(|i| {
+                    let a = i.address?;
+                    let ip = if let Some(v4) = a.as_sockaddr_in() {
+                        std::net::IpAddr::V4(v4.ip())
+                    } else {
+                        let v6 = a.as_sockaddr_in6()?.ip();
+                        // Link-local addresses need a zone a URL cannot carry well.
+                        if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                            return None;
+                        }
+                        std::net::IpAddr::V6(v6)
+                    };
+                    (bind.is_ipv6() || ip.is_ipv4()).then_some(ip)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by_key(|a| (a.is_loopback(), a.is_ipv6()));
+    out.dedup();
+    out.into_iter().map(show).collect()
 }

@@ -149,6 +149,17 @@ fn graph_prints_a_launch_line_with_one_encoder() {
         "{text}"
     );
     assert!(text.contains("format=I420"), "{text}");
+    // Every branch is shown, the recording one too.
+    let out = Command::new(BIN)
+        .args(["graph", "--config", "config/dev.toml"])
+        .args(["--set", "recording.enabled=true"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("enc. ! queue name=recqueue") && text.contains("splitmuxsink"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -454,4 +465,25 @@ fn an_optional_config_layer_may_be_missing_but_not_broken() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bound_to_every_address_the_log_names_addresses_clients_can_use() {
+    let cfg = dev_config(free_port(), "").replace("bind = \"127.0.0.1\"", "bind = \"0.0.0.0\"");
+    let mut dev = Device::start("bind-any", &cfg, &[]);
+    let log = dev.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("RTSP server ready at"))
+        .unwrap()
+        .to_string();
+    assert!(!line.contains("0.0.0.0"), "{line}");
+    assert!(
+        line.contains(&format!("rtsp://127.0.0.1:{}/live", dev.port)),
+        "{line}"
+    );
+    // The loopback one really serves (the others are this machine's own interfaces: not used).
+    let (codec, _, _, _) = ffprobe(&dev.url(), "tcp", 1).expect("stream on loopback");
+    assert_eq!(codec, "h264");
+    dev.stop(Signal::SIGTERM, Duration::from_secs(10));
 }

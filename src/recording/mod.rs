@@ -52,12 +52,32 @@ pub enum Recovery {
 pub struct Recorder {
     shared: Arc<Shared>,
     policy: Policy,
-    segment: gst::ClockTime,
-    index_interval: gst::ClockTime,
-    queue: gst::ClockTime,
+    settings: crate::config::RecordingConfig,
     branch: Option<Branch>,
     /// The last failed bin, kept so its late bus messages can still be attributed.
     failed: Option<gst::Bin>,
+}
+
+/// The recording branch in gst-launch syntax: what the recorder builds and `camstream graph`
+/// prints.
+///
+/// Each file gets a fresh muxer and sink (async-finalize): the finished file is closed in the
+/// background while the next one starts. Robust muxing keeps an up-to-date index in space
+/// reserved for a segment of up to twice the configured length (a segment ends at the first
+/// keyframe after it); the sink is not async, since a sink that wanted to preroll would take the
+/// live pipeline back to PAUSED.
+pub fn description(cfg: &crate::config::RecordingConfig) -> String {
+    let segment = cfg.segment_seconds.get() as u64 * 1_000_000_000;
+    format!(
+        "queue name=recqueue max-size-buffers=0 max-size-bytes=0 max-size-time={} leaky=downstream \
+         ! h264parse ! splitmuxsink name=splitmux async-finalize=true muxer-factory=mp4mux \
+         muxer-properties=\"properties,reserved-max-duration=(guint64){},reserved-moov-update-period=(guint64){}\" \
+         sink-factory=filesink sink-properties=\"properties,async=(boolean)false\" \
+         max-size-time={segment} send-keyframe-requests=false",
+        cfg.queue_seconds.get() as u64 * 1_000_000_000,
+        segment * 2 + 10_000_000_000,
+        cfg.index_interval_ms.get() as u64 * 1_000_000,
+    )
 }
 
 /// Reads, increments and durably stores the boot counter kept in the recording directory.
@@ -126,9 +146,7 @@ impl Recorder {
         Self {
             shared,
             policy,
-            segment: gst::ClockTime::from_seconds(r.segment_seconds.get() as u64),
-            index_interval: gst::ClockTime::from_mseconds(r.index_interval_ms.get() as u64),
-            queue: gst::ClockTime::from_seconds(r.queue_seconds.get() as u64),
+            settings: r.clone(),
             branch: None,
             failed: None,
         }
@@ -164,34 +182,37 @@ impl Recorder {
         }
     }
 
+    /// Builds the branch `description` prints (element by element: splitmuxsink parsed from
+    /// that text could not link its muxer to its sink).
     fn build(&self) -> Result<gst::Bin> {
+        let r = &self.settings;
+        let segment = gst::ClockTime::from_seconds(r.segment_seconds.get() as u64);
         let bin = gst::Bin::with_name("recording");
         // splitmuxsink completes its change to PAUSED only once the first file is open; the
         // bin absorbs that so the running pipeline never loses its PLAYING state for it.
         bin.set_property("async-handling", true);
         let queue = gst::ElementFactory::make("queue")
+            .name("recqueue")
             .property("max-size-buffers", 0u32)
             .property("max-size-bytes", 0u32)
-            .property("max-size-time", self.queue.nseconds())
+            .property(
+                "max-size-time",
+                gst::ClockTime::from_seconds(r.queue_seconds.get() as u64).nseconds(),
+            )
             .property_from_str("leaky", "downstream")
             .build()?;
         let parse = gst::ElementFactory::make("h264parse").build()?;
         if gst::ElementFactory::find("mp4mux").is_none() {
             return Err(anyhow!("mp4mux (GStreamer isomp4 plugin) is not installed"));
         }
-        // Each file gets a fresh muxer and sink (async-finalize): the finished file is closed
-        // in the background while the next one starts. Robust muxing keeps an up-to-date index
-        // in space reserved for a segment of up to twice the configured length (a segment ends
-        // at the first keyframe after it); the sink is not async, since a sink that wanted to
-        // preroll would take the live pipeline back to PAUSED.
         let muxer_props = gst::Structure::builder("properties")
             .field(
                 "reserved-max-duration",
-                self.segment.nseconds() * 2 + 10_000_000_000,
+                segment.nseconds() * 2 + 10_000_000_000,
             )
             .field(
                 "reserved-moov-update-period",
-                self.index_interval.nseconds(),
+                gst::ClockTime::from_mseconds(r.index_interval_ms.get() as u64).nseconds(),
             )
             .build();
         let sink_props = gst::Structure::builder("properties")
@@ -204,7 +225,7 @@ impl Recorder {
             .property("muxer-properties", &muxer_props)
             .property("sink-factory", "filesink")
             .property("sink-properties", &sink_props)
-            .property("max-size-time", self.segment.nseconds())
+            .property("max-size-time", segment.nseconds())
             .property("send-keyframe-requests", false)
             .build()?;
         bin.add_many([&queue, &parse, &splitmux])?;
