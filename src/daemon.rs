@@ -150,7 +150,37 @@ fn start_source(st: &Shared) -> Result<()> {
     }
     st.borrow_mut().source_backoff.started();
     log::info!("source: {}", plan.note);
+    if let Some(pad) = bin.static_pad("src") {
+        report_real_rate(&pad);
+    }
     Ok(())
+}
+
+/// Logs the rate the source really delivers, once, over its first seconds: a camera may give
+/// fewer frames than its mode says (exposure in low light, a loopback fed slower).
+fn report_real_rate(pad: &gst::Pad) {
+    let first: std::sync::Mutex<Option<(gst::ClockTime, u64)>> = Default::default();
+    // Streaming thread of the source.
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let mut first = first.lock().unwrap();
+        let (t0, n) = first.get_or_insert((pts, 0));
+        *n += 1;
+        let span = pts.saturating_sub(*t0);
+        if span < gst::ClockTime::from_seconds(3) {
+            return gst::PadProbeReturn::Ok;
+        }
+        let real = (*n - 1) as f64 / span.seconds_f64();
+        let nominal = pad
+            .current_caps()
+            .and_then(|c| c.structure(0).and_then(|s| s.get::<gst::Fraction>("framerate").ok()))
+            .map(|f| format!("{}/{}", f.numer(), f.denom()))
+            .unwrap_or_else(|| "unknown".into());
+        log::info!("source: delivers {real:.1} frames/s (negotiated rate {nominal})");
+        gst::PadProbeReturn::Remove
+    });
 }
 
 fn stop_source(st: &Shared) {

@@ -223,8 +223,65 @@ pub fn camera_caps(device: &str) -> Result<gst::Caps> {
     Ok(caps)
 }
 
-/// Picks the camera caps: the first preferred format at the wanted size and rate, else at the
-/// wanted size, else in any size (scaled afterwards).
+/// The discrete modes (width, height, rates) a caps structure offers; a structure with size
+/// ranges offers the wanted size itself, and a rate range the wanted rate or its nearest bound.
+fn modes_of(
+    s: &gst::StructureRef,
+    w: i64,
+    h: i64,
+    fps: i64,
+) -> Vec<(i64, i64, Vec<gst::Fraction>)> {
+    let size = match (s.get::<i32>("width"), s.get::<i32>("height")) {
+        (Ok(sw), Ok(sh)) => Some((sw as i64, sh as i64)),
+        _ => {
+            let probe = gst::Caps::builder(s.name().as_str())
+                .field("width", w as i32)
+                .field("height", h as i32)
+                .build();
+            let mut own = gst::Caps::new_empty();
+            own.get_mut().unwrap().append_structure(s.to_owned());
+            own.can_intersect(&probe).then_some((w, h))
+        }
+    };
+    let Some((sw, sh)) = size else {
+        return Vec::new();
+    };
+    let rates: Vec<gst::Fraction> = if let Ok(f) = s.get::<gst::Fraction>("framerate") {
+        vec![f]
+    } else if let Ok(list) = s.get::<gst::List>("framerate") {
+        list.iter()
+            .filter_map(|v| v.get::<gst::Fraction>().ok())
+            .collect()
+    } else if let Ok(range) = s.get::<gst::FractionRange>("framerate") {
+        let want = gst::Fraction::new(fps as i32, 1);
+        vec![if want < range.min() {
+            range.min()
+        } else if want > range.max() {
+            range.max()
+        } else {
+            want
+        }]
+    } else {
+        Vec::new()
+    };
+    vec![(sw, sh, rates)]
+}
+
+/// How far a mode is from what was asked, smaller is nearer: a size at least as large as
+/// wanted beats a smaller one (scaling down keeps detail), then the least excess area; then the
+/// rate nearest the wanted one, at or above it first.
+fn distance(mode: (i64, i64, f64), w: i64, h: i64, fps: i64) -> (bool, i64, bool, i64) {
+    let (mw, mh, rate) = mode;
+    let covers = mw >= w && mh >= h;
+    let area = (mw * mh - w * h).abs();
+    let fast_enough = rate + 0.01 >= fps as f64;
+    let rate_off = ((rate - fps as f64).abs() * 1000.0) as i64;
+    (!covers, area, !fast_enough, rate_off)
+}
+
+/// Picks the camera caps: formats in preference order at the wanted size and rate; else the
+/// nearest mode of the most preferred format that has one (scaled afterwards), never simply
+/// the largest.
 fn choose_camera_caps(
     device_caps: &gst::Caps,
     formats: &[CameraFormat],
@@ -232,20 +289,45 @@ fn choose_camera_caps(
     h: i64,
     fps: i64,
 ) -> Option<(CameraFormat, String)> {
-    let tries = [
-        format!(",width={w},height={h},framerate={fps}/1"),
-        format!(",width={w},height={h}"),
-        String::new(),
-    ];
-    for extra in &tries {
-        for f in formats {
-            let filter = format!("{}{extra}", format_caps(*f));
-            let Ok(caps) = filter.parse::<gst::Caps>() else {
-                continue;
-            };
-            if device_caps.can_intersect(&caps) {
-                return Some((*f, filter));
+    for f in formats {
+        let exact = format!("{},width={w},height={h},framerate={fps}/1", format_caps(*f));
+        if exact
+            .parse::<gst::Caps>()
+            .is_ok_and(|c| device_caps.can_intersect(&c))
+        {
+            return Some((*f, exact));
+        }
+    }
+    for f in formats {
+        let Ok(wanted) = format_caps(*f).parse::<gst::Caps>() else {
+            continue;
+        };
+        let offered = device_caps.intersect(&wanted);
+        let mut best: Option<((bool, i64, bool, i64), String)> = None;
+        for s in offered.iter() {
+            for (mw, mh, rates) in modes_of(s, w, h, fps) {
+                let rates = if rates.is_empty() {
+                    vec![None]
+                } else {
+                    rates.into_iter().map(Some).collect()
+                };
+                for r in rates {
+                    let rate = r
+                        .map(|r| r.numer() as f64 / r.denom() as f64)
+                        .unwrap_or(fps as f64);
+                    let d = distance((mw, mh, rate), w, h, fps);
+                    let mut filter = format!("{},width={mw},height={mh}", format_caps(*f));
+                    if let Some(r) = r {
+                        filter.push_str(&format!(",framerate={}/{}", r.numer(), r.denom()));
+                    }
+                    if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
+                        best = Some((d, filter));
+                    }
+                }
             }
+        }
+        if let Some((_, filter)) = best {
+            return Some((*f, filter));
         }
     }
     None
@@ -468,6 +550,50 @@ pub fn describe_graph(cfg: &Config, profiles: &Profiles) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_camera_mode_nearest_to_the_request_is_chosen() {
+        gst::init().unwrap();
+        // vivid's webcam: rates fall as sizes grow.
+        let caps: gst::Caps = "video/x-raw,format=YUY2,width=320,height=180,framerate={ (fraction)60/1, (fraction)30/1 }; \
+             video/x-raw,format=YUY2,width=640,height=360,framerate={ (fraction)40/1, (fraction)30/1 }; \
+             video/x-raw,format=YUY2,width=640,height=480,framerate={ (fraction)25/1, (fraction)15/1 }; \
+             video/x-raw,format=YUY2,width=1280,height=720,framerate={ (fraction)25/2, (fraction)5/1 }; \
+             video/x-raw,format=YUY2,width=1920,height=1080,framerate=5/1; \
+             image/jpeg,width=1280,height=720,framerate=30/1"
+            .parse()
+            .unwrap();
+        let yuyv = [CameraFormat::Yuyv];
+        let pick = |w, h, fps| choose_camera_caps(&caps, &yuyv, w, h, fps).unwrap().1;
+        assert_eq!(
+            pick(640, 360, 30),
+            "video/x-raw,format=YUY2,width=640,height=360,framerate=30/1"
+        );
+        // Not offered at 30: the same size at the nearest rate above, else below.
+        assert_eq!(
+            pick(640, 360, 35),
+            "video/x-raw,format=YUY2,width=640,height=360,framerate=40/1"
+        );
+        assert_eq!(
+            pick(1280, 720, 30),
+            "video/x-raw,format=YUY2,width=1280,height=720,framerate=25/2"
+        );
+        // A size it lacks: the smallest that covers it, not the largest.
+        assert_eq!(
+            pick(800, 450, 25),
+            "video/x-raw,format=YUY2,width=1280,height=720,framerate=25/2"
+        );
+        assert_eq!(
+            pick(600, 400, 25),
+            "video/x-raw,format=YUY2,width=640,height=480,framerate=25/1"
+        );
+        // An MJPEG camera that offers only 30/1, asked for 25: taken at 30/1 (what it offers).
+        let mjpeg = [CameraFormat::Mjpeg];
+        assert_eq!(
+            choose_camera_caps(&caps, &mjpeg, 1280, 720, 25).unwrap().1,
+            "image/jpeg,width=1280,height=720,framerate=30/1"
+        );
+    }
 
     #[test]
     fn launch_values_are_quoted_when_needed() {

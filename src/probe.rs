@@ -21,23 +21,71 @@ fn camera_devices() -> Vec<String> {
     devs
 }
 
-/// One line per format: "image/jpeg 1280x720 @ 30/1, 15/1".
+/// One line per format, its sizes in the order the camera lists them, each with its rates:
+/// "image/jpeg: 1280x720 @ 30/1 15/1, 640x480 @ 30/1". Cameras repeat a size once per
+/// colorimetry or interlace mode; those repeats are merged.
 fn summarise(caps: &gst::Caps) -> Vec<String> {
-    caps.iter()
-        .map(|s| {
-            let mut line = s.name().to_string();
-            if let Ok(f) = s.get::<String>("format") {
-                line.push_str(&format!(" {f}"));
+    let mut formats: Vec<(String, Vec<(String, Vec<String>)>)> = Vec::new();
+    for s in caps.iter() {
+        let mut name = s.name().to_string();
+        if let Ok(f) = s.get::<String>("format") {
+            name.push_str(&format!(" {f}"));
+        }
+        let size = match (s.value("width"), s.value("height")) {
+            (Ok(w), Ok(h)) => format!(
+                "{}x{}",
+                w.serialize().map(|v| v.to_string()).unwrap_or_default(),
+                h.serialize().map(|v| v.to_string()).unwrap_or_default()
+            ),
+            _ => "any size".into(),
+        };
+        let rates: Vec<String> = s
+            .value("framerate")
+            .ok()
+            .and_then(|v| v.serialize().ok())
+            .map(|v| {
+                v.trim_matches(|c| c == '{' || c == '}' || c == ' ')
+                    .split(',')
+                    .map(|r| r.trim().trim_start_matches("(fraction)").to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let i = match formats.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                formats.push((name, Vec::new()));
+                formats.len() - 1
             }
-            if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
-                line.push_str(&format!(" {w}x{h}"));
+        };
+        let sizes = &mut formats[i].1;
+        let j = match sizes.iter().position(|(sz, _)| *sz == size) {
+            Some(j) => j,
+            None => {
+                sizes.push((size, Vec::new()));
+                sizes.len() - 1
             }
-            if let Ok(v) = s.value("framerate").map(|v| v.to_value()) {
-                if let Ok(serialised) = v.serialize() {
-                    line.push_str(&format!(" @ {serialised}"));
-                }
+        };
+        for r in rates {
+            if !sizes[j].1.contains(&r) {
+                sizes[j].1.push(r);
             }
-            line
+        }
+    }
+    formats
+        .into_iter()
+        .map(|(name, sizes)| {
+            let sizes: Vec<String> = sizes
+                .into_iter()
+                .map(|(size, rates)| {
+                    if rates.is_empty() {
+                        size
+                    } else {
+                        format!("{size} @ {}", rates.join(" "))
+                    }
+                })
+                .collect();
+            format!("{name}: {}", sizes.join(", "))
         })
         .collect()
 }
@@ -89,4 +137,27 @@ pub fn run(cfg: &Config, profiles: &Profiles) -> Result<()> {
         None => println!("display: no connected DRM connector"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_grouped_and_repeats_merged() {
+        gst::init().unwrap();
+        let caps: gst::Caps = "video/x-raw,format=YUY2,width=640,height=480,framerate={ (fraction)25/1, (fraction)15/1 }; \
+             video/x-raw,format=YUY2,width=640,height=480,framerate=25/1,colorimetry=bt601; \
+             video/x-raw,format=YUY2,width=320,height=240,framerate=30/1; \
+             image/jpeg,width=1280,height=720,framerate=30/1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            summarise(&caps),
+            vec![
+                "video/x-raw YUY2: 640x480 @ 25/1 15/1, 320x240 @ 30/1".to_string(),
+                "image/jpeg: 1280x720 @ 30/1".to_string(),
+            ]
+        );
+    }
 }
