@@ -21,11 +21,14 @@ fn camera_devices() -> Vec<String> {
     devs
 }
 
+/// A size ("1280x720") and the rates offered at it, in the camera's order.
+type SizeRates = (String, Vec<String>);
+
 /// One line per format, its sizes in the order the camera lists them, each with its rates:
 /// "image/jpeg: 1280x720 @ 30/1 15/1, 640x480 @ 30/1". Cameras repeat a size once per
 /// colorimetry or interlace mode; those repeats are merged.
 fn summarise(caps: &gst::Caps) -> Vec<String> {
-    let mut formats: Vec<(String, Vec<(String, Vec<String>)>)> = Vec::new();
+    let mut formats: Vec<(String, Vec<SizeRates>)> = Vec::new();
     for s in caps.iter() {
         let mut name = s.name().to_string();
         if let Ok(f) = s.get::<String>("format") {
