@@ -4,6 +4,7 @@
 
 pub mod peers;
 pub mod recordings;
+pub mod vboard;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

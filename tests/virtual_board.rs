@@ -1,0 +1,832 @@
+//! The appliance on the virtual board (scripts/virtual-board): a Debian 12 guest under QEMU with
+//! camstream installed from its package, a real V4L2 camera (vivid; v4l2loopback for MJPEG and
+//! H.264), a real KMS display (virtio-gpu), a BOOT disk with camstream.txt and an ext4 data disk.
+//! Everything is checked from the outside: ffprobe and a GStreamer client on the host through
+//! the forwarded RTSP port, the files on the data disk, the screen's pixels, systemd's view.
+//!
+//! One guest serves every test (booted once on its own copy of the disks; the power-cut test
+//! boots it a second time). Run: scripts/virtual-board test. Where QEMU cannot run, each test
+//! prints "SKIPPED: <reason>".
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::vboard::{self, board, decoded, now_epoch, packets, probe_frame, Board, Watcher};
+
+/// Frame rate and size the daemon should stream and record in the camera tests (a mode vivid
+/// offers at 640x360 up to 40 fps: the daemon must take 30, not 40 and not the largest size).
+const W: i64 = 640;
+const H: i64 = 360;
+const FPS: f64 = 30.0;
+
+fn camera_settings(device: &str, formats: &str, extra_camera: &str, display: &str) -> String {
+    format!(
+        r#"
+[camera]
+device = "{device}"
+formats = {formats}
+width = {W}
+height = {H}
+fps = {FPS}
+{extra_camera}
+[display]
+sink = "{display}"
+[encoder]
+bitrate_kbps = 800
+[recording]
+segment_seconds = 10
+"#
+    )
+}
+
+/// What `v4l2-ctl` says the device is streaming: (fourcc, width, height, fps).
+fn camera_mode(b: &Board, dev: &str) -> (String, i64, i64, f64) {
+    let out = b.sh(&format!("v4l2-ctl -d {dev} --get-fmt-video --get-parm"));
+    let mut fourcc = String::new();
+    let (mut w, mut h, mut fps) = (0, 0, 0.0);
+    for l in out.lines() {
+        let l = l.trim();
+        if let Some(v) = l.strip_prefix("Width/Height") {
+            let v = v.trim_start_matches([' ', ':']);
+            let mut it = v.split('/');
+            w = it.next().unwrap_or("0").trim().parse().unwrap_or(0);
+            h = it.next().unwrap_or("0").trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("Pixel Format") {
+            fourcc = v.split('\'').nth(1).unwrap_or("").to_string();
+        } else if let Some(v) = l.strip_prefix("Frames per second:") {
+            fps = v
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0.0);
+        }
+    }
+    (fourcc, w, h, fps)
+}
+
+/// Recordings on /data written after the marker file, oldest first, copied to the host.
+fn recordings_since(b: &Board, marker: &str, tag: &str) -> Vec<PathBuf> {
+    let list = b.sh(&format!(
+        "find /data/recordings -name '*.mp4' -newer {marker} -printf '%T@ %p\\n' | sort -n | cut -d' ' -f2"
+    ));
+    let dir = common::temp_dir(&format!("vboard-{tag}"));
+    list.lines()
+        .filter(|l| !l.is_empty())
+        .map(|p| {
+            let local = dir.join(Path::new(p).file_name().unwrap());
+            std::fs::write(&local, b.read_file(p)).unwrap();
+            local
+        })
+        .collect()
+}
+
+/// Every frame in the files, one frame interval apart: for each file, the frames counted against
+/// its time span at the camera's rate, and the holes (steps longer than 1.5 intervals).
+fn check_frames(files: &[PathBuf], fps: f64) -> Result<String, String> {
+    if files.is_empty() {
+        return Err("no recording was written".into());
+    }
+    let mut report = Vec::new();
+    let mut bad = Vec::new();
+    for f in files {
+        let p = packets(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if p.len() < 2 {
+            bad.push(format!("{name}: {} frames", p.len()));
+            continue;
+        }
+        let span = p.last().unwrap().0 - p[0].0;
+        let expected = (span * fps).round() as i64 + 1;
+        let holes: Vec<f64> = p
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .filter(|d| *d > 1.5 / fps)
+            .collect();
+        let missing: f64 = holes.iter().map(|d| d * fps - 1.0).sum();
+        let line = format!(
+            "{name}: {} frames over {span:.2} s (expected {expected} at {fps} fps), {} holes, ~{missing:.0} frames missing",
+            p.len(),
+            holes.len()
+        );
+        if (p.len() as i64 - expected).abs() > 1 || !holes.is_empty() {
+            bad.push(line.clone());
+        }
+        report.push(line);
+    }
+    if bad.is_empty() {
+        Ok(report.join("\n"))
+    } else {
+        Err(format!(
+            "recording frame count wrong:\n{}\n(all files:\n{})",
+            bad.join("\n"),
+            report.join("\n")
+        ))
+    }
+}
+
+/// One camera format end to end: the stream decodes at the asked size, the camera runs the mode
+/// nearest to what was asked, and the recording holds every frame.
+fn camera_case(tag: &str, settings: &str, dev: &str, fourcc: &str, feed: Option<&str>) {
+    let Some(b) = board() else { return };
+    b.sh("vboard-feed stop; mkdir -p /run/vboard");
+    if let Some(kind) = feed {
+        // vivid has one reader at a time: the daemon lets go of it before the feeder takes it.
+        b.sh("systemctl stop camstream.service");
+        b.sh(&format!("vboard-feed start {kind} {W} {H} {FPS}"));
+    }
+    let marker = format!("/run/vboard/mark-{tag}");
+    b.sh(&format!("touch {marker}"));
+    b.configure(settings);
+    let (w, h) = b
+        .wait_stream(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{tag}: {e}\n{}", b.journal_since(now_epoch() - 120.0)));
+    let mode = camera_mode(&b, dev);
+    eprintln!("{tag}: stream {w}x{h}, camera {mode:?}");
+    // Record ~12 s: one whole 10 s file and the start of the next.
+    std::thread::sleep(Duration::from_secs(13));
+    let files = recordings_since(&b, &marker, tag);
+    b.sh("vboard-feed stop");
+    let mut errors = Vec::new();
+    if (w, h) != (W, H) {
+        errors.push(format!("stream is {w}x{h}, expected {W}x{H}"));
+    }
+    if mode.0 != fourcc || (mode.1, mode.2) != (W, H) || (mode.3 - FPS).abs() > 0.01 {
+        errors.push(format!(
+            "camera mode {mode:?}: expected '{fourcc}' {W}x{H} at {FPS} fps (the nearest to what was asked)"
+        ));
+    }
+    for f in &files {
+        match decoded(f) {
+            Ok((fw, fh, n)) if (fw, fh) == (W, H) && n > 0 => {}
+            other => errors.push(format!("{}: {other:?}", f.display())),
+        }
+    }
+    match check_frames(&files, FPS) {
+        Ok(r) => eprintln!("{tag}: {r}"),
+        Err(e) => errors.push(e),
+    }
+    assert!(errors.is_empty(), "{tag}:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn a_boot_first_frame() {
+    let Some(b) = board() else { return };
+    // The guest boots as the image does: its own settings, nothing changed by a test yet.
+    assert_eq!(b.boots, 1);
+    let t0 = Instant::now();
+    let wh = b.wait_stream(Duration::from_secs(300));
+    let first = now_epoch() - b.started_at;
+    let waited = t0.elapsed();
+    let (w, h) = wh.unwrap_or_else(|e| {
+        panic!(
+            "no stream after boot: {e}\n{}",
+            b.exec("journalctl -b --no-pager | tail -n 60").stdout
+        )
+    });
+    eprintln!(
+        "VBOARD-BENCH boot → first frame decoded on the host: {first:.1} s from QEMU start (TCG; {w}x{h})"
+    );
+    // If another test booted the board first, this is only an upper bound.
+    if waited > Duration::from_secs(2) || b.service("NRestarts") != "0" {
+        eprintln!("(measured as the first check after boot)");
+    }
+    assert!(
+        first < 120.0,
+        "first frame {first:.1} s after QEMU started (bound 120 s under TCG)"
+    );
+    let profile =
+        b.exec("journalctl -b -u camstream.service --no-pager -o cat | grep -m1 'board profile'");
+    assert!(
+        profile.stdout.contains("generic"),
+        "the board profile is not the generic one on x86: {:?}",
+        profile.stdout
+    );
+}
+
+#[test]
+fn b_first_boot_settings() {
+    let Some(b) = board() else { return };
+    let mut errors = Vec::new();
+    // The data partition was grown to fill its disk (256 MiB filesystem on a 1 GiB disk).
+    let sizes =
+        b.sh("lsblk -b -n -o SIZE /dev/vdb /dev/vdb1; df -B1 --output=size /data | tail -n 1");
+    let v: Vec<u64> = sizes
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if v.len() != 3 || v[1] < v[0] - (4 << 20) || v[2] < v[0] * 8 / 10 {
+        errors.push(format!(
+            "data partition not grown: disk, partition, filesystem = {v:?}"
+        ));
+    }
+    // The device id names the recordings.
+    let ids = b.exec("find /data/recordings -name '*.mp4' | head -n 3");
+    if !ids.stdout.lines().any(|l| l.contains("/vboard01_")) {
+        errors.push(format!(
+            "no recording named by device_id vboard01: {:?}",
+            ids.stdout
+        ));
+    }
+    // The signal URL reached the daemon.
+    let j = b.exec("journalctl -b -u camstream.service --no-pager -o cat | grep -m1 -i 'signal'");
+    if !j.stdout.contains("http://127.0.0.1:9") {
+        errors.push(format!(
+            "signal_url from camstream.txt not used by the daemon: {:?}",
+            j.stdout
+        ));
+    }
+    // RTSP credentials: the stream needs them.
+    match probe_frame(&b.plain_url()) {
+        Ok(_) => errors.push(
+            "the stream plays without credentials: rtsp_user/rtsp_password from camstream.txt not applied"
+                .into(),
+        ),
+        Err(e) if e.contains("401") || e.to_lowercase().contains("unauthorized") => {}
+        Err(e) => errors.push(format!("unexpected error without credentials: {e}")),
+    }
+    if let Err(e) = b.wait_stream(Duration::from_secs(30)) {
+        errors.push(format!("no stream with credentials: {e}"));
+    }
+    assert!(errors.is_empty(), "first boot:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn c1_camera_yuyv() {
+    camera_case(
+        "yuyv",
+        &camera_settings("/dev/video0", r#"["yuyv"]"#, "", "none"),
+        "/dev/video0",
+        "YUYV",
+        None,
+    );
+}
+
+#[test]
+fn c2_camera_nv12() {
+    camera_case(
+        "nv12",
+        &camera_settings("/dev/video0", r#"["nv12"]"#, "", "none"),
+        "/dev/video0",
+        "NV12",
+        None,
+    );
+}
+
+#[test]
+fn c3_camera_mjpeg() {
+    camera_case(
+        "mjpeg",
+        &camera_settings("/dev/video10", r#"["mjpeg"]"#, "", "none"),
+        "/dev/video10",
+        "MJPG",
+        Some("mjpeg"),
+    );
+}
+
+#[test]
+fn c4_camera_h264_passthrough() {
+    camera_case(
+        "h264",
+        &camera_settings(
+            "/dev/video11",
+            r#"["mjpeg", "yuyv", "nv12"]"#,
+            "h264_passthrough = true",
+            "none",
+        ),
+        "/dev/video11",
+        "H264",
+        Some("h264"),
+    );
+}
+
+/// vivid's 75 % colour bars, left to right, as on/off per channel.
+const BARS: [(bool, bool, bool, &str); 7] = [
+    (true, true, true, "white"),
+    (true, true, false, "yellow"),
+    (false, true, true, "cyan"),
+    (false, true, false, "green"),
+    (true, false, true, "magenta"),
+    (true, false, false, "red"),
+    (false, false, true, "blue"),
+];
+
+fn class(p: (u8, u8, u8)) -> (bool, bool, bool) {
+    (p.0 > 96, p.1 > 96, p.2 > 96)
+}
+
+/// The bars found on row `y`: (name, first x, last x) for runs longer than 2 % of the width.
+fn bars_on_row(img: &vboard::Image, y: usize) -> Vec<(&'static str, usize, usize)> {
+    let mut runs: Vec<((bool, bool, bool), usize, usize)> = Vec::new();
+    for x in 0..img.width {
+        let c = class(img.pixel(x, y));
+        match runs.last_mut() {
+            Some(r) if r.0 == c => r.2 = x,
+            _ => runs.push((c, x, x)),
+        }
+    }
+    runs.into_iter()
+        .filter(|r| r.2 - r.1 + 1 > img.width / 50)
+        .filter_map(|r| {
+            BARS.iter()
+                .find(|b| (b.0, b.1, b.2) == r.0)
+                .map(|b| (b.3, r.1, r.2))
+        })
+        .collect()
+}
+
+#[test]
+fn d_hdmi_view_colour_bars() {
+    let Some(b) = board() else { return };
+    b.sh("vboard-feed stop");
+    let since = now_epoch() - 1.0;
+    b.configure(&camera_settings("/dev/video0", r#"["yuyv"]"#, "", "auto"));
+    b.wait_stream(Duration::from_secs(90)).unwrap();
+    let graph = b.exec("camstream graph --config /etc/camstream/camstream.toml 2>&1");
+    // Give the display its first retries.
+    let t0 = Instant::now();
+    let mut attached = false;
+    while t0.elapsed() < Duration::from_secs(20) {
+        if b.journal_since(since).contains("display: attached") {
+            attached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let png = common::temp_dir("vboard-screen").join("screen.png");
+    let img = b.screenshot(Some(&png));
+    eprintln!(
+        "screen {}x{} (saved as {})",
+        img.width,
+        img.height,
+        png.display()
+    );
+    let journal = b.journal_since(since);
+    let mut errors = Vec::new();
+    if !graph.stdout.contains("kmssink") {
+        errors.push(format!(
+            "display.sink = auto does not choose kmssink on virtio-gpu; graph:\n{}",
+            graph.stdout
+        ));
+    }
+    if !attached {
+        errors.push("no \"display: attached\" in the journal within 20 s".into());
+    }
+    // Rows across the middle of the picture: all seven coloured bars, in order, and together
+    // spanning the screen's width (the 16:9 picture scaled to the mode, aspect kept).
+    let mut found = None;
+    for y in [img.height / 2, img.height * 2 / 5, img.height * 3 / 5] {
+        let bars = bars_on_row(&img, y);
+        let names: Vec<&str> = bars.iter().map(|b| b.0).collect();
+        let want: Vec<&str> = BARS.iter().map(|b| b.3).collect();
+        if names == want {
+            found = Some(bars);
+            break;
+        } else if y == img.height / 2 {
+            errors.push(format!("middle row shows {names:?}, expected {want:?}"));
+        }
+    }
+    if let Some(bars) = found {
+        errors.clear();
+        let left = bars[0].1;
+        let right = bars[6].2;
+        // Seven of eight bars: the picture's width is 8/7 of theirs.
+        let pic_w = (right - left + 1) as f64 * 8.0 / 7.0;
+        if pic_w < img.width as f64 * 0.95 {
+            errors.push(format!(
+                "the picture is {pic_w:.0} px wide on a {} px screen: not scaled to the mode",
+                img.width
+            ));
+        }
+        // Aspect: the white bar's height against the picture's width.
+        let x = (bars[0].1 + bars[0].2) / 2;
+        let rows: Vec<usize> = (0..img.height)
+            .filter(|y| class(img.pixel(x, *y)) == (true, true, true))
+            .collect();
+        let pic_h = rows.len() as f64;
+        let aspect = pic_w / pic_h;
+        if (aspect - W as f64 / H as f64).abs() > 0.1 {
+            errors.push(format!(
+                "picture {pic_w:.0}x{pic_h:.0} on screen: aspect {aspect:.2}, expected {:.2}",
+                W as f64 / H as f64
+            ));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "HDMI view:\n{}\njournal:\n{}",
+        errors.join("\n"),
+        journal
+            .lines()
+            .filter(|l| l.contains("display"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// A camera fault while a client watches: the client stays connected, frames and recording
+/// resume within 3 s of the camera coming back, the daemon is not restarted.
+fn camera_fault(tag: &str, fault: &str, restore: Option<&str>) {
+    let Some(b) = board() else { return };
+    b.sh("vboard-feed stop");
+    b.configure(&camera_settings("/dev/video0", r#"["yuyv"]"#, "", "none"));
+    b.wait_stream(Duration::from_secs(90)).unwrap();
+    let pid = b.service("MainPID");
+    let restarts = b.service("NRestarts");
+    let since = now_epoch() - 1.0;
+    let watcher = Watcher::start(&b.url());
+    assert!(
+        watcher
+            .frame_after(
+                Instant::now() - Duration::from_secs(60),
+                Duration::from_secs(20)
+            )
+            .is_some(),
+        "{tag}: the RTSP client got no frame: {:?}",
+        watcher.ended()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    b.sh(fault);
+    let back = if let Some(r) = restore {
+        std::thread::sleep(Duration::from_secs(3));
+        b.sh(r);
+        Instant::now()
+    } else {
+        Instant::now()
+    };
+    let frames_before = watcher.count();
+    let resumed = watcher.frame_after(back, Duration::from_secs(3));
+    // Recording: the files grow again within 3 s.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(back.elapsed()));
+    let size = |b: &Board| -> u64 {
+        b.sh("find /data/recordings -name '*.mp4' -printf '%s\\n' | awk '{s+=$1} END {print s+0}'")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let s1 = size(&b);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s2 = size(&b);
+    let late = watcher.frame_after(back, Duration::from_secs(15));
+    let journal = b.journal_since(since);
+    let mut errors = Vec::new();
+    if let Some(e) = watcher.ended() {
+        errors.push(format!("the RTSP client was disconnected: {e}"));
+    }
+    match (resumed, late) {
+        (Some(t), _) => eprintln!(
+            "VBOARD-BENCH {tag}: camera back → first frame at the client {:.2} s",
+            (t - back).as_secs_f64()
+        ),
+        (None, Some(t)) => errors.push(format!(
+            "stream resumed {:.1} s after the camera came back (bound 3 s)",
+            (t - back).as_secs_f64()
+        )),
+        (None, None) => errors.push(format!(
+            "stream did not resume within 15 s of the camera coming back ({frames_before} frames before)"
+        )),
+    }
+    if s2 <= s1 {
+        errors.push(format!(
+            "recording not growing 3 s after the camera came back ({s1} → {s2} bytes)"
+        ));
+    }
+    let pid2 = b.service("MainPID");
+    let restarts2 = b.service("NRestarts");
+    if pid2 != pid || restarts2 != restarts {
+        errors.push(format!(
+            "the daemon was restarted (MainPID {pid} → {pid2}, NRestarts {restarts} → {restarts2})"
+        ));
+    }
+    drop(watcher);
+    assert!(
+        errors.is_empty(),
+        "{tag}:\n{}\njournal:\n{}",
+        errors.join("\n"),
+        journal
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn e1_camera_unplug_unbind_bind() {
+    camera_fault(
+        "unplug",
+        "echo vivid.0 > /sys/bus/platform/drivers/vivid/unbind",
+        Some("echo vivid.0 > /sys/bus/platform/drivers/vivid/bind"),
+    );
+}
+
+#[test]
+fn e2_camera_disconnect_control() {
+    camera_fault(
+        "disconnect",
+        "v4l2-ctl -d /dev/video0 -c disconnect=1",
+        None,
+    );
+}
+
+#[test]
+fn e3_camera_fatal_streaming_error() {
+    camera_fault(
+        "fatal-error",
+        "v4l2-ctl -d /dev/video0 -c inject_fatal_streaming_error=1",
+        None,
+    );
+}
+
+/// A systemd time span as `systemctl show` prints it ("20s", "1min 30s", "500ms") in seconds.
+fn span(v: &str) -> f64 {
+    v.split_whitespace()
+        .map(|t| {
+            let i = t
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(t.len());
+            let n: f64 = t[..i].parse().unwrap_or(0.0);
+            n * match &t[i..] {
+                "us" => 1e-6,
+                "ms" => 1e-3,
+                "s" | "" => 1.0,
+                "min" => 60.0,
+                "h" => 3600.0,
+                _ => 0.0,
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn f1_watchdog_restarts_a_hung_daemon() {
+    let Some(b) = board() else { return };
+    b.sh("vboard-feed stop");
+    let t_cfg = Instant::now();
+    b.configure(&camera_settings("/dev/video0", r#"["yuyv"]"#, "", "none"));
+    b.wait_stream(Duration::from_secs(90)).unwrap();
+    let startup = t_cfg.elapsed().as_secs_f64();
+    let watchdog = span(&b.service("WatchdogUSec"));
+    let restart_sec = span(&b.service("RestartUSec"));
+    let pid = b.service("MainPID");
+    let restarts: u32 = b.service("NRestarts").parse().unwrap_or(0);
+    let since = now_epoch() - 1.0;
+    b.sh(&format!("kill -STOP {pid}"));
+    let t0 = Instant::now();
+    let limit = watchdog + restart_sec + startup + 15.0;
+    let mut back = None;
+    while t0.elapsed().as_secs_f64() < limit + 30.0 {
+        std::thread::sleep(Duration::from_secs(1));
+        let p = b.service("MainPID");
+        if p != pid && p != "0" && probe_frame(&b.url()).is_ok() {
+            back = Some(t0.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    let journal = b.journal_since(since);
+    let restarts2: u32 = b.service("NRestarts").parse().unwrap_or(0);
+    let Some(t) = back else {
+        panic!(
+            "stream not back within {:.0} s of SIGSTOP (WatchdogSec {watchdog} s, RestartSec {restart_sec} s, start-up {startup:.1} s)\n{journal}",
+            limit + 30.0
+        )
+    };
+    eprintln!(
+        "VBOARD-BENCH watchdog: SIGSTOP → stream back {t:.1} s (WatchdogSec {watchdog} s, RestartSec {restart_sec} s, start-up {startup:.1} s)"
+    );
+    assert!(
+        journal.to_lowercase().contains("watchdog"),
+        "the restart was not the watchdog's:\n{journal}"
+    );
+    assert_eq!(
+        restarts2,
+        restarts + 1,
+        "NRestarts {restarts} → {restarts2}"
+    );
+    assert!(
+        t <= limit,
+        "stream back {t:.1} s after SIGSTOP; bound WatchdogSec + RestartSec + start-up + 15 s = {limit:.1} s"
+    );
+}
+
+#[test]
+fn f2_bad_camstream_txt_no_restart_loop() {
+    let Some(b) = board() else { return };
+    b.sh("vboard-feed stop");
+    b.configure(&camera_settings("/dev/video0", r#"["yuyv"]"#, "", "none"));
+    b.wait_stream(Duration::from_secs(90)).unwrap();
+    let since = now_epoch() - 1.0;
+    let restarts: u32 = b.service("NRestarts").parse().unwrap_or(0);
+    // The card's camstream.txt with a device id the daemon must refuse.
+    b.sh(
+        "mkdir -p /run/vboard && cp /boot/camstream.txt /run/vboard/bad.txt && \
+         echo 'device_id=bad id!' >> /run/vboard/bad.txt && \
+         mount --bind /run/vboard/bad.txt /boot/camstream.txt && \
+         systemctl restart camstream-firstboot.service && systemctl reset-failed camstream.service",
+    );
+    let _ = b.exec("systemctl restart camstream.service");
+    std::thread::sleep(Duration::from_secs(15));
+    let state = b.service("ActiveState");
+    let status = b.service("ExecMainStatus");
+    let restarts2: u32 = b.service("NRestarts").parse().unwrap_or(0);
+    let journal = b.journal_since(since);
+    // Put the card back.
+    b.sh(
+        "umount /boot/camstream.txt && systemctl restart camstream-firstboot.service && \
+         systemctl reset-failed camstream.service; systemctl restart camstream.service || true",
+    );
+    let mut errors = Vec::new();
+    if restarts2 != restarts {
+        errors.push(format!(
+            "restart loop: NRestarts {restarts} → {restarts2} in 15 s"
+        ));
+    }
+    if state != "failed" || status != "2" {
+        errors.push(format!(
+            "service {state}, exit status {status}: expected failed with exit status 2"
+        ));
+    }
+    if !(journal.contains("device.id") && journal.contains("bad id!")) {
+        errors.push("no journal message naming device.id and the bad value".into());
+    }
+    assert!(
+        errors.is_empty(),
+        "bad camstream.txt:\n{}\njournal:\n{journal}",
+        errors.join("\n")
+    );
+}
+
+/// Host-side look at the data disk after the power cut: journal replay only, then a forced
+/// check that must find nothing; the recordings copied out.
+fn inspect_data_disk(disk: &Path, out: &Path) -> Result<String, String> {
+    let part = out.join("data-part.img");
+    let st = Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", part.display()))
+        .args(["bs=1M", "skip=1", "conv=sparse", "status=none"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("cannot copy the data partition".into());
+    }
+    let replay = Command::new("e2fsck")
+        .args(["-E", "journal_only", "-p"])
+        .arg(&part)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let check = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&part)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "journal replay: exit {:?} {}\nforced check: exit {:?} {}",
+        replay.status.code(),
+        String::from_utf8_lossy(&replay.stdout).trim(),
+        check.status.code(),
+        String::from_utf8_lossy(&check.stdout).trim()
+    );
+    if check.status.code() != Some(0) {
+        return Err(format!("the data filesystem needs repair:\n{text}"));
+    }
+    let rec = out.join("recordings");
+    let dump = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump /recordings {}", out.display()))
+        .arg(&part)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !rec.is_dir() {
+        return Err(format!(
+            "no recordings on the disk: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        ));
+    }
+    let _ = std::fs::remove_file(&part);
+    Ok(text)
+}
+
+fn mp4s(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(mp4s(&p));
+            } else if p.extension().is_some_and(|x| x == "mp4") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn z_power_cut_while_recording() {
+    let Some(mut b) = board() else { return };
+    b.sh("vboard-feed stop");
+    b.configure(
+        &camera_settings("/dev/video0", r#"["yuyv"]"#, "", "none")
+            .replace("segment_seconds = 10", "segment_seconds = 60"),
+    );
+    b.wait_stream(Duration::from_secs(90)).unwrap();
+    std::thread::sleep(Duration::from_secs(15));
+    // The file being written and when it started (the daemon's log line, guest clock).
+    let seg = b.sh(
+        "journalctl -u camstream.service --no-pager -o short-unix | grep 'recording: segment' | tail -n 1",
+    );
+    let seg_start: f64 = seg
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0.0);
+    let seg_path = seg
+        .split("recording: segment ")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let h0 = now_epoch();
+    let g = b.guest_epoch();
+    let h1 = now_epoch();
+    let offset = g - (h0 + h1) / 2.0;
+    let disk = b.data_disk();
+    let cut_host = b.power_cut();
+    let cut_guest = cut_host + offset;
+    let out = common::temp_dir("vboard-powercut");
+    let mut errors = Vec::new();
+    // The data disk as the cut left it, checked on the host: a journal replay at most.
+    match inspect_data_disk(&disk, &out) {
+        Ok(t) => eprintln!("data disk after the cut:\n{t}"),
+        Err(e) => errors.push(e),
+    }
+    if let Err(e) = b.boot_again() {
+        panic!("no boot after the power cut: {e}");
+    }
+    // The guest's own check at boot.
+    let fsck =
+        b.exec("journalctl -b --no-pager -o cat -u 'systemd-fsck@*' ; findmnt -n -o OPTIONS /data");
+    if !fsck.stdout.contains("rw") {
+        errors.push(format!(
+            "/data not mounted read-write after the cut: {}",
+            fsck.stdout
+        ));
+    }
+    if fsck
+        .stdout
+        .to_uppercase()
+        .contains("UNEXPECTED INCONSISTENCY")
+    {
+        errors.push(format!("fsck needed manual repair:\n{}", fsck.stdout));
+    }
+    // Every recording on the disk as the cut left it plays.
+    let files = mp4s(&out.join("recordings"));
+    if files.is_empty() {
+        errors.push("no recording on the data disk after the cut".into());
+    }
+    let mut last_file = None;
+    for f in &files {
+        match decoded(f) {
+            Ok((_, _, n)) if n > 0 => {}
+            other => errors.push(format!("{} does not play: {other:?}", f.display())),
+        }
+        if !seg_path.is_empty() && seg_path.ends_with(&*f.file_name().unwrap().to_string_lossy()) {
+            last_file = Some(f.clone());
+        }
+    }
+    eprintln!("{} recordings on the disk after the cut", files.len());
+    match last_file {
+        Some(f) => {
+            let p = packets(&f).unwrap_or_default();
+            if let (Some(first), Some(last)) = (p.first(), p.last()) {
+                let kept_until = seg_start + (last.0 - first.0) + 1.0 / FPS;
+                let lost = cut_guest - kept_until;
+                eprintln!(
+                    "VBOARD-BENCH power cut (QMP quit, page cache lost): footage lost {lost:.2} s (file started {:.2} s before the cut, {} frames kept; ± the log line's delay)",
+                    cut_guest - seg_start,
+                    p.len()
+                );
+            } else {
+                errors.push(format!("{seg_path}: no frame survived the power cut"));
+            }
+        }
+        None => errors.push(format!(
+            "the file being written at the cut ({seg_path:?}) is gone after the reboot"
+        )),
+    }
+    // Streaming again after the reboot.
+    if let Err(e) = b.wait_stream(Duration::from_secs(120)) {
+        errors.push(format!("no stream after the reboot: {e}"));
+    }
+    assert!(errors.is_empty(), "power cut:\n{}", errors.join("\n"));
+}
