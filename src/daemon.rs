@@ -13,7 +13,8 @@ use gst::prelude::*;
 
 use crate::backoff::Backoff;
 use crate::branch::{self, Branch};
-use crate::config::{Config, ConfigError};
+use crate::camera;
+use crate::config::{Config, ConfigError, SourceKind};
 use crate::drops::Drops;
 use crate::plan::{self, SourceOutput};
 use crate::profile::Profiles;
@@ -31,6 +32,11 @@ struct State {
     raw_format: String,
     source: Option<gst::Bin>,
     source_backoff: Backoff,
+    /// The camera streamed last, known once it has been opened: found again by this identity
+    /// after an unplug, whatever node it comes back as.
+    camera: Option<camera::Identity>,
+    /// Set while a watch for the unplugged camera's return is running.
+    camera_watch: bool,
     display: Option<Branch>,
     /// The last display bin that failed, kept alive so that its late bus messages can still be
     /// traced to it (a disposed bin unparents its children).
@@ -120,15 +126,24 @@ fn wants_passthrough(cfg: &Config, profiles: &Profiles) -> bool {
 
 /// Builds and links a new source. Main-loop thread.
 fn start_source(st: &Shared) -> Result<()> {
-    let (cfg, profiles, pipeline, raw_format) = {
+    let (mut cfg, profiles, pipeline, raw_format, known) = {
         let s = st.borrow();
         (
             s.cfg.clone(),
             s.profiles.clone(),
             s.pipeline.clone(),
             s.raw_format.clone(),
+            s.camera.clone(),
         )
     };
+    if cfg.camera.source == SourceKind::V4l2 {
+        if let Some(node) = camera_node(&cfg.camera.device, known.as_ref()) {
+            if node != cfg.camera.device {
+                log::info!("source: the camera is now {node}");
+            }
+            cfg.camera.device = node;
+        }
+    }
     let plan = plan::plan_source(&cfg, &profiles, &raw_format)?;
     let bin = branch::bin_from_description("source", &plan.description)?;
     if let Some(qr) = bin.by_name(plan::TIMESTAMP_QR) {
@@ -148,7 +163,13 @@ fn start_source(st: &Shared) -> Result<()> {
         stop_source(st);
         bail!("source failed to start ({})", plan.note);
     }
-    st.borrow_mut().source_backoff.started();
+    {
+        let mut s = st.borrow_mut();
+        s.source_backoff.started();
+        if cfg.camera.source == SourceKind::V4l2 && s.camera.is_none() {
+            s.camera = camera::identify(&cfg.camera.device);
+        }
+    }
     log::info!("source: {}", plan.note);
     if let Some(pad) = bin.static_pad("src") {
         report_real_rate(&pad);
@@ -199,9 +220,21 @@ fn stop_source(st: &Shared) {
     }
 }
 
+/// The node to open for the camera: the configured one while it is the known camera (or none
+/// is known yet), else wherever the known camera is now.
+fn camera_node(configured: &str, known: Option<&camera::Identity>) -> Option<String> {
+    match known {
+        None => Some(configured.to_string()),
+        Some(id) if camera::identify(configured).as_ref() == Some(id) => {
+            Some(configured.to_string())
+        }
+        Some(id) => camera::find(id),
+    }
+}
+
 /// Tries to (re)start the source now, or later with backoff.
 fn try_source(st: &Shared) {
-    if st.borrow().stopping {
+    if st.borrow().stopping || st.borrow().source.is_some() {
         return;
     }
     if let Err(e) = start_source(st) {
@@ -210,10 +243,56 @@ fn try_source(st: &Shared) {
 }
 
 fn retry_source(st: &Shared, why: &str) {
+    // A camera that has gone (unplugged, its driver unbound) is waited for, not backed off
+    // from: it is started again as soon as it is back, under whichever node.
+    let gone = {
+        let s = st.borrow();
+        s.cfg.camera.source == SourceKind::V4l2
+            && s.camera.is_some()
+            && camera_node(&s.cfg.camera.device, s.camera.as_ref()).is_none()
+    };
+    if gone {
+        log::error!("source: {why}; the camera is gone, waiting for it to come back");
+        watch_for_camera(st);
+        return;
+    }
     let delay = st.borrow_mut().source_backoff.failed();
     log::error!("source: {why}; retrying in {} s", delay.as_secs());
     let st = st.clone();
     glib::timeout_add_local_once(delay, move || try_source(&st));
+}
+
+/// Polls for the known camera's return (four times a second: a udev event would be as quick,
+/// and this needs no netlink socket), then starts it at once. Main-loop thread.
+fn watch_for_camera(st: &Shared) {
+    if std::mem::replace(&mut st.borrow_mut().camera_watch, true) {
+        return;
+    }
+    let st = st.clone();
+    glib::timeout_add_local(Duration::from_millis(250), move || {
+        let back = {
+            let s = st.borrow();
+            if s.stopping || s.source.is_some() {
+                None
+            } else {
+                camera_node(&s.cfg.camera.device, s.camera.as_ref())
+            }
+        };
+        let stopping = st.borrow().stopping || st.borrow().source.is_some();
+        match back {
+            None if !stopping => glib::ControlFlow::Continue,
+            None => {
+                st.borrow_mut().camera_watch = false;
+                glib::ControlFlow::Break
+            }
+            Some(node) => {
+                st.borrow_mut().camera_watch = false;
+                log::info!("source: the camera is back as {node}");
+                try_source(&st);
+                glib::ControlFlow::Break
+            }
+        }
+    });
 }
 
 fn try_display(st: &Shared) {
@@ -634,6 +713,8 @@ pub fn run(cfg: Config) -> Result<i32> {
         enc_tee: enc_tee.clone(),
         raw_format,
         source: None,
+        camera: None,
+        camera_watch: false,
         display: None,
         display_failed: None,
         display_description,

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod branch;
+pub mod camera;
 pub mod config;
 pub mod daemon;
 pub mod drm;
