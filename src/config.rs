@@ -482,6 +482,9 @@ pub struct RecordingConfig {
     pub dir: String,
     pub segment_seconds: Ranged<1, 86_400>,
     pub index_interval_ms: Ranged<100, 10_000>,
+    /// How often the file being written is flushed to the card (fdatasync), ms; 0: left to the
+    /// kernel's writeback.
+    pub sync_interval_ms: Ranged<0, 60_000>,
     pub max_bytes: ByteSize,
     pub min_free: FreeSpace,
     pub max_age: Seconds,
@@ -496,6 +499,7 @@ impl Default for RecordingConfig {
             dir: "/data/recordings".into(),
             segment_seconds: Ranged(60),
             index_interval_ms: Ranged(250),
+            sync_interval_ms: Ranged(1000),
             max_bytes: ByteSize(0),
             min_free: FreeSpace::Percent(10.0),
             max_age: Seconds(0),

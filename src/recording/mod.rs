@@ -143,6 +143,14 @@ impl Recorder {
             .name("retention".into())
             .spawn(move || retention_thread(rx, dir, device, policy))
             .ok();
+        if r.sync_interval_ms.get() > 0 {
+            let interval = Duration::from_millis(r.sync_interval_ms.get() as u64);
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("recording-sync".into())
+                .spawn(move || sync_thread(weak, interval))
+                .ok();
+        }
         Self {
             shared,
             policy,
@@ -375,6 +383,44 @@ impl Shared {
 
 /// Retention thread: deletes what the policy says at start-up and at every segment boundary,
 /// off the streaming and main-loop threads (deleting a large file can take a while on SD).
+/// Flushes the file being written to the card every `interval`, and its directory entry once,
+/// so that a power cut loses at most the interval on top of what the muxer has not written.
+/// On a thread of its own: fdatasync on an SD card can take a while, and nothing may wait for
+/// it. Ends with the recorder.
+fn sync_thread(shared: std::sync::Weak<Shared>, interval: Duration) {
+    let mut synced_dir_for: Option<PathBuf> = None;
+    loop {
+        std::thread::sleep(interval);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(path) = shared.current.lock().ok().and_then(|c| c.clone()) else {
+            continue;
+        };
+        drop(shared);
+        let started = std::time::Instant::now();
+        if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+            log::debug!("recording: cannot flush {}: {e}", path.display());
+            continue;
+        }
+        if synced_dir_for.as_ref() != Some(&path) {
+            // A new file: its name must survive too.
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            synced_dir_for = Some(path.clone());
+        }
+        let took = started.elapsed();
+        if took > interval {
+            log::warn!(
+                "recording: flushing to the card took {} ms (more than the {} ms interval): the card is slow",
+                took.as_millis(),
+                interval.as_millis()
+            );
+        }
+    }
+}
+
 fn retention_thread(
     rx: mpsc::Receiver<Option<PathBuf>>,
     dir: PathBuf,
