@@ -188,14 +188,7 @@ fn sigterm_and_sigint_exit_zero_promptly() {
 fn port_in_use_fails_with_a_clear_error() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let dir = temp_dir("port");
-    let f = dir.join("c.toml");
-    std::fs::write(&f, dev_config(port, "")).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = run_once("port", &dev_config(port, ""));
     let err = String::from_utf8_lossy(&out.stderr);
     // A busy port may free itself: exit 1, which the service manager restarts with back-off.
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -203,7 +196,20 @@ fn port_in_use_fails_with_a_clear_error() {
         err.contains(&format!("cannot listen for RTSP on 127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// `camstream run` with `config` until it exits by itself.
+fn run_once(tag: &str, config: &str) -> std::process::Output {
+    let dir = temp_dir(tag);
+    let f = dir.join("c.toml");
+    std::fs::write(&f, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
     std::fs::remove_dir_all(dir).ok();
+    out
 }
 
 /// A board profile directory holding one profile, `bench`, with these encoders.
@@ -258,19 +264,12 @@ fn a_missing_hardware_encoder_falls_back_and_says_why() {
 #[test]
 fn a_graph_the_image_cannot_run_exits_2_with_the_reason() {
     let profiles = profile_dir("noenc", "\"v4l2nosuchh264enc\"");
-    let dir = temp_dir("noenc-cfg");
-    let f = dir.join("c.toml");
     let cfg = dev_config(free_port(), "").replace("name = \"x264enc\"", "name = \"auto\"")
         + &format!(
             "[pipeline]\nprofile = \"bench\"\nprofiles_dir = \"{}\"\n",
             profiles.display()
         );
-    std::fs::write(&f, cfg).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = run_once("noenc-cfg", &cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     // 2 is what the unit's RestartPreventExitStatus names: no restart loop.
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -281,7 +280,6 @@ fn a_graph_the_image_cannot_run_exits_2_with_the_reason() {
     );
     let unit = std::fs::read_to_string("overlay/etc/systemd/system/camstream.service").unwrap();
     assert!(unit.contains("RestartPreventExitStatus=2"), "{unit}");
-    std::fs::remove_dir_all(dir).ok();
     std::fs::remove_dir_all(profiles).ok();
 }
 

@@ -24,8 +24,9 @@ pub fn mp4_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Presentation times of every decoded frame, via ffprobe (which fails on an unreadable file).
-pub fn frame_times(file: &Path) -> Vec<f64> {
+/// ffprobe's `-show_entries ENTRIES` of the video stream as CSV lines (ffprobe fails on an
+/// unreadable file, and so does this).
+fn probe_csv(file: &Path, entries: &str) -> String {
     let out = Command::new("ffprobe")
         .args([
             "-v",
@@ -33,10 +34,9 @@ pub fn frame_times(file: &Path) -> Vec<f64> {
             "-select_streams",
             "v:0",
             "-show_entries",
-            "frame=pts_time",
-            "-of",
-            "csv=p=0",
+            entries,
         ])
+        .args(["-of", "csv=p=0"])
         .arg(file)
         .output()
         .unwrap();
@@ -46,7 +46,12 @@ pub fn frame_times(file: &Path) -> Vec<f64> {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Presentation times of every decoded frame.
+pub fn frame_times(file: &Path) -> Vec<f64> {
+    let mut t: Vec<f64> = probe_csv(file, "frame=pts_time")
         .lines()
         .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
         .collect();
@@ -71,26 +76,7 @@ pub fn summary_frames(log: &str) -> (u64, u64, u64) {
 
 /// Presentation times of the keyframes in `file`, from the container's packet flags.
 pub fn keyframe_times(file: &Path) -> Vec<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time,flags",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+    let mut t: Vec<f64> = probe_csv(file, "packet=pts_time,flags")
         .lines()
         .filter_map(|l| {
             let (pts, flags) = l.split_once(',')?;
