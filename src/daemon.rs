@@ -196,7 +196,10 @@ fn report_real_rate(pad: &gst::Pad) {
         let real = (*n - 1) as f64 / span.seconds_f64();
         let nominal = pad
             .current_caps()
-            .and_then(|c| c.structure(0).and_then(|s| s.get::<gst::Fraction>("framerate").ok()))
+            .and_then(|c| {
+                c.structure(0)
+                    .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+            })
             .map(|f| format!("{}/{}", f.numer(), f.denom()))
             .unwrap_or_else(|| "unknown".into());
         log::info!("source: delivers {real:.1} frames/s (negotiated rate {nominal})");
