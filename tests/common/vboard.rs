@@ -145,6 +145,22 @@ impl Board {
     /// `fresh`, else the disks as the last boot (or power cut) left them.
     pub fn boot(fresh: bool, boots: u32) -> Result<Board, String> {
         let run = repo().join("target/virtual-board/run-test");
+        if fresh {
+            // A guest left over from a test process that was killed with its script: it is this
+            // harness's own, power it off.
+            let status = Command::new(script())
+                .arg("status")
+                .env("VBOARD_RUN", &run)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            if status.starts_with("running") {
+                let _ = Command::new(script())
+                    .arg("powercut")
+                    .env("VBOARD_RUN", &run)
+                    .status();
+            }
+        }
         let mut args = vec!["start", "--persistent", "--no-wait", "--while-stdin"];
         if fresh {
             args.push("--fresh");
