@@ -612,11 +612,8 @@ fn camera_fault(tag: &str, fault: &str, restore: Option<&str>) {
         errors.join("\n"),
         journal
             .lines()
-            .rev()
-            .take(25)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
+            .filter(|l| !l.starts_with("signal:"))
+            .take(60)
             .collect::<Vec<_>>()
             .join("\n")
     );
