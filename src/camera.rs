@@ -72,3 +72,65 @@ pub fn find(id: &Identity) -> Option<String> {
         .collect();
     (same_name.len() == 1).then(|| same_name[0].clone())
 }
+
+/// The device number of the node at `node`, if it exists.
+pub fn rdev(node: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(node).ok().map(|m| m.rdev())
+}
+
+/// Points every descriptor of this process that is open on device `rdev` at /dev/null instead,
+/// which lets the device go; returns how many. Called once the camera's source is stopped and
+/// gone, so no live element uses them. The descriptor numbers stay taken (by /dev/null), so
+/// whatever still owns one may later close it without closing anything else.
+pub fn release_handles(rdev: u64) -> usize {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut released = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // The link's target, stat'ed through the descriptor itself (the node may be gone).
+        let Ok(meta) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        if meta.file_type().is_char_device() && meta.rdev() == rdev && fd != null.as_raw_fd() {
+            // SAFETY: dup2 onto a descriptor number this process holds; both are valid.
+            if unsafe { nix::libc::dup2(null.as_raw_fd(), fd) } == fd {
+                released += 1;
+            }
+        }
+    }
+    released
+}
+
+/// The first node, by number, that opens as a camera: for a configured node that does not
+/// exist (a camera that came up under another number), so the device still streams the camera
+/// it has. Opens each node briefly.
+pub fn first_camera() -> Option<String> {
+    let mut nodes: Vec<(u32, String)> = std::fs::read_dir("/dev")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let n = name.strip_prefix("video")?.parse().ok()?;
+            Some((n, format!("/dev/{name}")))
+        })
+        .collect();
+    nodes.sort();
+    nodes
+        .into_iter()
+        .map(|(_, node)| node)
+        .find(|node| crate::plan::camera_caps(node).is_ok())
+}

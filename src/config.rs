@@ -638,10 +638,18 @@ fn describe(origin: &str, text: &str, path: &str, err: &toml::de::Error) -> Stri
         }
         _ => path.to_string(),
     };
+    // A generated file (the card's settings, made at boot from camstream.txt) names, at the
+    // end of each line, the setting it came from: the user fixes that one, not this file.
+    let source = err
+        .span()
+        .and_then(|span| text[span.start.min(text.len())..].lines().next())
+        .and_then(|l| l.rsplit_once("# from "))
+        .map(|(_, from)| format!(" (set by {})", from.trim()))
+        .unwrap_or_default();
     if key.is_empty() {
-        format!("{location}{message}")
+        format!("{location}{message}{source}")
     } else {
-        format!("{location}key `{key}`: {message}")
+        format!("{location}key `{key}`: {message}{source}")
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -37,6 +39,10 @@ struct State {
     camera: Option<camera::Identity>,
     /// Set while a watch for the unplugged camera's return is running.
     camera_watch: bool,
+    /// The camera's device number (st_rdev), to find handles on it left open after it failed.
+    camera_rdev: Option<u64>,
+    /// Set once stopping: only then may a source's end-of-stream travel down the graph.
+    eos_allowed: Arc<AtomicBool>,
     display: Option<Branch>,
     /// The last display bin that failed, kept alive so that its late bus messages can still be
     /// traced to it (a disposed bin unparents its children).
@@ -149,6 +155,24 @@ fn start_source(st: &Shared) -> Result<()> {
     if let Some(qr) = bin.by_name(plan::TIMESTAMP_QR) {
         crate::stamp::install(&qr);
     }
+    if let Some(pad) = bin.static_pad("src") {
+        // A failing source ends its stream (basesrc pushes end-of-stream after an error): that
+        // must not reach the encoder, which would drain and refuse further frames, nor the RTSP
+        // clients, which would hang up. The camera is replaced; the stream goes on.
+        let allowed = st.borrow().eos_allowed.clone();
+        // Streaming thread of the source.
+        pad.add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| match info.event() {
+                Some(ev)
+                    if ev.type_() == gst::EventType::Eos && !allowed.load(Ordering::SeqCst) =>
+                {
+                    gst::PadProbeReturn::Drop
+                }
+                _ => gst::PadProbeReturn::Ok,
+            },
+        );
+    }
     let target = match plan.output {
         SourceOutput::Raw => st.borrow().raw_tee.clone(),
         SourceOutput::H264 => st.borrow().enc_tee.clone(),
@@ -166,8 +190,11 @@ fn start_source(st: &Shared) -> Result<()> {
     {
         let mut s = st.borrow_mut();
         s.source_backoff.started();
-        if cfg.camera.source == SourceKind::V4l2 && s.camera.is_none() {
-            s.camera = camera::identify(&cfg.camera.device);
+        if cfg.camera.source == SourceKind::V4l2 {
+            if s.camera.is_none() {
+                s.camera = camera::identify(&cfg.camera.device);
+            }
+            s.camera_rdev = camera::rdev(&cfg.camera.device);
         }
     }
     log::info!("source: {}", plan.note);
@@ -220,14 +247,26 @@ fn stop_source(st: &Shared) {
         }
         let _ = bin.set_state(gst::State::Null);
         let _ = pipeline.remove(&bin);
+        drop(bin);
+        // GStreamer 1.22's v4l2 buffer pool can outlive a camera that failed mid-stream and keep
+        // its own handle on the device open: the kernel then gives a replugged camera another
+        // node, and a camera that reconnects only once closed (vivid's disconnect) never does.
+        if let Some(rdev) = st.borrow().camera_rdev {
+            let n = camera::release_handles(rdev);
+            if n > 0 {
+                log::warn!("source: released {n} handle(s) on the failed camera left open by its buffer pool");
+            }
+        }
     }
 }
 
 /// The node to open for the camera: the configured one while it is the known camera (or none
-/// is known yet), else wherever the known camera is now.
+/// is known yet and it exists), else wherever the known camera is now (or, none known, the
+/// first camera there is).
 fn camera_node(configured: &str, known: Option<&camera::Identity>) -> Option<String> {
     match known {
-        None => Some(configured.to_string()),
+        None if std::path::Path::new(configured).exists() => Some(configured.to_string()),
+        None => camera::first_camera(),
         Some(id) if camera::identify(configured).as_ref() == Some(id) => {
             Some(configured.to_string())
         }
@@ -659,6 +698,7 @@ fn shutdown(st: &Shared) {
         let mut s = st.borrow_mut();
         let already = s.stopping;
         s.stopping = true;
+        s.eos_allowed.store(true, Ordering::SeqCst);
         (
             s.pipeline.clone(),
             already,
@@ -718,6 +758,8 @@ pub fn run(cfg: Config) -> Result<i32> {
         source: None,
         camera: None,
         camera_watch: false,
+        camera_rdev: None,
+        eos_allowed: Arc::new(AtomicBool::new(false)),
         display: None,
         display_failed: None,
         display_description,

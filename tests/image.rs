@@ -139,3 +139,33 @@ fn virtual_board_post_build_selects_the_test_source_and_no_display() {
     assert!(!run());
     std::fs::remove_dir_all(&target).ok();
 }
+
+#[test]
+fn firstboot_rtsp_credentials_and_a_bad_value_named_by_its_camstream_txt_key() {
+    let dir = temp_dir("firstboot-bad");
+    let txt = dir.join("camstream.txt");
+    std::fs::write(
+        &txt,
+        "device_id=tj01\nrtsp_user=viewer\nrtsp_password=s3cret\n",
+    )
+    .unwrap();
+    firstboot(&dir, &txt);
+    let site = dir.join("camstream/site.toml");
+    let t = table(&site);
+    assert_eq!(t["rtsp"]["user"].as_str(), Some("viewer"));
+    assert_eq!(t["rtsp"]["password"].as_str(), Some("s3cret"));
+    let (ok, err) = check(&[Path::new(IMAGE_SETTINGS), &site]);
+    assert!(ok, "{err}");
+
+    // A device id with a space: the daemon refuses it and says which camstream.txt line to fix.
+    std::fs::write(&txt, "device_id=my cam\n").unwrap();
+    firstboot(&dir, &txt);
+    let (ok, err) = check(&[Path::new(IMAGE_SETTINGS), &site]);
+    assert!(!ok);
+    assert!(
+        err.contains("key `device.id`")
+            && err.contains(&format!("(set by device_id in {})", txt.display())),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
