@@ -200,6 +200,7 @@ fn start_source(st: &Shared) -> Result<()> {
     log::info!("source: {}", plan.note);
     if let Some(pad) = bin.static_pad("src") {
         report_real_rate(&pad);
+        st.borrow().drops.count_camera(&pad);
     }
     Ok(())
 }
@@ -232,6 +233,31 @@ fn report_real_rate(pad: &gst::Pad) {
         log::info!("source: delivers {real:.1} frames/s (negotiated rate {nominal})");
         gst::PadProbeReturn::Remove
     });
+}
+
+/// The frames a source's QoS message says were lost: v4l2src gives their duration (lost frames
+/// times the frame duration), not a count.
+fn camera_lost_frames(q: &gst::message::Qos, src: &gst::Object) -> u64 {
+    let (_, _, _, _, duration) = q.get();
+    let (_, dropped) = q.stats();
+    if dropped.value() > 0 {
+        return dropped.value() as u64;
+    }
+    let Some(duration) = duration else { return 0 };
+    let interval = src
+        .downcast_ref::<gst::Element>()
+        .and_then(|e| e.static_pad("src"))
+        .and_then(|p| p.current_caps())
+        .and_then(|c| {
+            c.structure(0)
+                .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+        })
+        .filter(|f| f.numer() > 0)
+        .map(|f| 1e9 * f.denom() as f64 / f.numer() as f64);
+    match interval {
+        Some(ns) => (duration.nseconds() as f64 / ns).round() as u64,
+        None => 1,
+    }
 }
 
 fn stop_source(st: &Shared) {
@@ -797,6 +823,14 @@ pub fn run(cfg: Config) -> Result<i32> {
                 if let (Some(u), Some(src)) = (s.uplink.as_mut(), c.src()) {
                     if u.owns(src) {
                         u.on_state_changed(c);
+                    }
+                }
+            }
+            MessageView::Qos(q) => {
+                let s = &*st_bus.borrow();
+                if let (Some(src), Some(source)) = (q.src(), s.source.as_ref()) {
+                    if branch::contains(source, src) {
+                        s.drops.camera_lost(camera_lost_frames(q, src));
                     }
                 }
             }

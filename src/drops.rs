@@ -65,13 +65,7 @@ impl Drops {
     }
 
     fn count(&self, branch: &str, queue: &gst::Element) {
-        let counter = self
-            .counters
-            .lock()
-            .unwrap()
-            .entry(branch.to_string())
-            .or_default()
-            .clone();
+        let counter = self.counter(branch);
         let c = counter.clone();
         // Streaming thread of the upstream element: with only a buffer limit, each overrun of a
         // leaky queue throws away exactly one buffer.
@@ -85,6 +79,33 @@ impl Drops {
                 gst::PadProbeReturn::Ok
             });
         }
+    }
+
+    fn counter(&self, branch: &str) -> Arc<Counter> {
+        self.counters
+            .lock()
+            .unwrap()
+            .entry(branch.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Counts the frames a camera source delivers (the "camera" branch). Main-loop thread.
+    pub fn count_camera(&self, src_pad: &gst::Pad) {
+        let counter = self.counter("camera");
+        // Streaming thread of the source.
+        src_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.seen.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    /// Frames the camera lost before they reached the graph: v4l2src sees gaps in the driver's
+    /// sequence numbers and says so in a QoS message. Main-loop thread.
+    pub fn camera_lost(&self, frames: u64) {
+        let counter = self.counter("camera");
+        counter.seen.fetch_add(frames, Ordering::Relaxed);
+        counter.dropped.fetch_add(frames, Ordering::Relaxed);
     }
 
     /// (branch, seen, dropped) for every branch that has had a leaky queue.

@@ -406,7 +406,7 @@ fn an_overloaded_encoder_drops_are_reported_and_keyframes_stay_in_time() {
     .unwrap();
     let dir = temp_dir("rec-drops");
     let cfg = recording_config(free_port(), &dir, "segment_seconds = 60")
-        .replace("width = 320\nheight = 240", "width = 640\nheight = 480")
+        .replace("width = 320\nheight = 240", "width = 1920\nheight = 1080")
         + &format!(
             "[pipeline]\nprofile = \"slow\"\nprofiles_dir = \"{}\"\n[log]\ndrops_report_seconds = 1\n",
             profiles.display()
