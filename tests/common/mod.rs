@@ -175,9 +175,8 @@ pub struct ClientStats {
     pub fps: f64,
 }
 
-/// A GStreamer RTSP client: rtspsrc → depay → avdec_h264, counting decoded frames for `run_for`
-/// after the first one (or until `timeout` without any).
-pub fn gst_client(url: &str, protocols: &str, run_for: Duration, timeout: Duration) -> ClientStats {
+/// A decoding RTSP client, not started: rtspsrc → depay → avdec_h264 → the appsink returned.
+pub fn decoding_client(url: &str, protocols: &str) -> (gst::Pipeline, gst_app::AppSink) {
     gst::init().unwrap();
     let p = gst::parse::launch(&format!(
         "rtspsrc location={url} protocols={protocols} latency=0 ! rtph264depay ! h264parse ! avdec_h264 ! appsink name=out sync=false"
@@ -190,6 +189,13 @@ pub fn gst_client(url: &str, protocols: &str, run_for: Duration, timeout: Durati
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
+    (p, sink)
+}
+
+/// A GStreamer RTSP client: rtspsrc → depay → avdec_h264, counting decoded frames for `run_for`
+/// after the first one (or until `timeout` without any).
+pub fn gst_client(url: &str, protocols: &str, run_for: Duration, timeout: Duration) -> ClientStats {
+    let (p, sink) = decoding_client(url, protocols);
     let t0 = Instant::now();
     p.set_state(gst::State::Playing).unwrap();
     let mut stats = ClientStats::default();

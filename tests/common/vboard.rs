@@ -552,19 +552,8 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn start(url: &str) -> Watcher {
-        gst::init().unwrap();
-        let p = gst::parse::launch(&format!(
-            "rtspsrc location={url} protocols=tcp latency=0 ! rtph264depay ! h264parse ! avdec_h264 ! appsink name=out sync=false emit-signals=true"
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+        let (p, sink) = super::decoding_client(url, "tcp");
         let frames = Arc::new(Mutex::new(Vec::new()));
-        let sink = p
-            .by_name("out")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
         let f = frames.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
