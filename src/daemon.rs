@@ -341,25 +341,20 @@ fn watch_for_camera(st: &Shared) {
         let back = {
             let s = st.borrow();
             if s.stopping || s.source.is_some() {
-                None
+                // Stopping, or started by the back-off path meanwhile: nothing to wait for.
+                Err(())
             } else {
-                camera_node(&s.cfg.camera.device, s.camera.as_ref())
+                Ok(camera_node(&s.cfg.camera.device, s.camera.as_ref()))
             }
         };
-        let stopping = st.borrow().stopping || st.borrow().source.is_some();
         match back {
-            None if !stopping => glib::ControlFlow::Continue,
-            None => {
-                st.borrow_mut().camera_watch = false;
-                glib::ControlFlow::Break
-            }
-            Some(node) => {
-                st.borrow_mut().camera_watch = false;
-                log::info!("source: the camera is back as {node}");
-                try_source(&st);
-                glib::ControlFlow::Break
-            }
+            Ok(None) => return glib::ControlFlow::Continue,
+            Ok(Some(node)) => log::info!("source: the camera is back as {node}"),
+            Err(()) => {}
         }
+        st.borrow_mut().camera_watch = false;
+        try_source(&st);
+        glib::ControlFlow::Break
     });
 }
 
