@@ -518,8 +518,20 @@ fn d_hdmi_view_colour_bars() {
 fn camera_fault(tag: &str, fault: &str, restore: Option<&str>) {
     let Some(b) = board() else { return };
     reset_camera(&b);
-    b.configure(&camera_settings("/dev/video0", r#"["yuyv"]"#, "", "none"));
+    // With the screen on for an unplug: while the camera is away, the screen must keep showing
+    // a picture (the last one), not fail or go blank.
+    let display = if restore.is_some() { "auto" } else { "none" };
+    let configured = now_epoch() - 1.0;
+    b.configure(&camera_settings("/dev/video0", r#"["yuyv"]"#, "", display));
     b.wait_stream(Duration::from_secs(90)).unwrap();
+    if restore.is_some() {
+        let t0 = Instant::now();
+        while !b.journal_since(configured).contains("display: attached")
+            && t0.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     let pid = b.service("MainPID");
     let restarts = b.service("NRestarts");
     let since = now_epoch() - 1.0;
@@ -539,8 +551,18 @@ fn camera_fault(tag: &str, fault: &str, restore: Option<&str>) {
     b.sh(fault);
     // When the camera is back: at once for the in-place faults (vivid's disconnect comes back
     // when the last handle is closed), after `restore` for an unplug.
+    let mut screen_while_away = None;
     let back = if let Some(r) = restore {
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_millis(1500));
+        let img = b.screenshot(None);
+        screen_while_away = Some(
+            [img.height / 2, img.height * 2 / 5, img.height * 3 / 5]
+                .iter()
+                .map(|y| bars_on_row(&img, *y).len())
+                .max()
+                .unwrap_or(0),
+        );
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(fault_at.elapsed()));
         b.sh(r);
         Instant::now()
     } else {
@@ -599,6 +621,14 @@ fn camera_fault(tag: &str, fault: &str, restore: Option<&str>) {
             frames.len() - after.len(),
             after.len()
         )),
+    }
+    if let Some(bars) = screen_while_away {
+        if bars < BARS.len() {
+            errors.push(format!(
+                "while the camera was away the screen showed {bars} of the {} colour bars, not the last picture",
+                BARS.len()
+            ));
+        }
     }
     if s2 <= s1 {
         errors.push(format!(
