@@ -22,13 +22,13 @@ pub fn bin_from_description(name: &str, description: &str) -> Result<gst::Bin> {
     Ok(bin)
 }
 
-/// Opens `bin` (to READY) on the calling thread; on failure the error says why, in the words
-/// of the element that refused (a bare bin has no bus, so it is opened inside a pipeline of its
-/// own and taken out again).
-pub fn open(bin: &gst::Bin) -> Result<()> {
+/// Opens `element` (to READY) on the calling thread; on failure the error says why, in the
+/// words of the element that refused (a lone element or bin has no bus, so it is opened inside
+/// a pipeline of its own and taken out again).
+pub fn open(element: &gst::Element) -> Result<()> {
     let probe = gst::Pipeline::new();
-    probe.add(bin)?;
-    let opened = bin.set_state(gst::State::Ready).is_ok();
+    probe.add(element)?;
+    let opened = element.set_state(gst::State::Ready).is_ok();
     let why = (!opened).then(|| {
         probe
             .bus()
@@ -45,9 +45,9 @@ pub fn open(bin: &gst::Bin) -> Result<()> {
             .unwrap_or_else(|| "it refused to open".into())
     });
     if !opened {
-        let _ = bin.set_state(gst::State::Null);
+        let _ = element.set_state(gst::State::Null);
     }
-    probe.remove(bin)?;
+    probe.remove(element)?;
     match why {
         None => Ok(()),
         Some(why) => Err(anyhow!("{why}")),

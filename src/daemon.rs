@@ -374,7 +374,7 @@ fn try_display(st: &Shared) {
     let (tx, rx) = std::sync::mpsc::channel::<Result<gst::Bin>>();
     std::thread::spawn(move || {
         let opened = branch::bin_from_description("display", &desc).and_then(|bin| {
-            branch::open(&bin).context("display sink does not open")?;
+            branch::open(bin.upcast_ref()).context("display sink does not open")?;
             Ok(bin)
         });
         let _ = tx.send(opened);

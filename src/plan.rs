@@ -121,25 +121,11 @@ pub fn unusable_reason(name: &str) -> Option<String> {
     let Ok(element) = gst::ElementFactory::make(name).build() else {
         return Some("not installed (no plugin provides it)".into());
     };
-    // Inside a bin of its own, so that the error it posts while opening can be read back.
-    let bin = gst::Pipeline::new();
-    if bin.add(&element).is_err() {
-        return Some("cannot be added to a pipeline".into());
-    }
-    let opened = bin.set_state(gst::State::Ready).is_ok();
-    let _ = bin.set_state(gst::State::Null);
-    if opened {
-        return None;
-    }
-    let detail = bin
-        .bus()
-        .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
-        .and_then(|m| match m.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| "it refused to start".into());
-    Some(format!("installed, does not open: {detail}"))
+    let opened = crate::branch::open(&element);
+    let _ = element.set_state(gst::State::Null);
+    opened
+        .err()
+        .map(|e| format!("installed, does not open: {e:#}"))
 }
 
 /// The board's encoder candidates that were passed over before `chosen`, with the reason.

@@ -266,7 +266,13 @@ pub fn ffprobe(
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).to_string());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    stream_summary(&out.stdout)
+}
+
+/// (codec, width, height, decoded frames) of the first stream in ffprobe's JSON
+/// (`-show_entries stream=codec_name,width,height,nb_read_frames -of json`).
+pub fn stream_summary(json: &[u8]) -> Result<(String, i64, i64, i64), String> {
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     let s = &v["streams"][0];
     Ok((
         s["codec_name"].as_str().unwrap_or("").to_string(),

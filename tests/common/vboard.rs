@@ -529,16 +529,8 @@ pub fn decoded(path: &Path) -> Result<(i64, i64, i64), String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).to_string());
     }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let s = &v["streams"][0];
-    Ok((
-        s["width"].as_i64().unwrap_or(0),
-        s["height"].as_i64().unwrap_or(0),
-        s["nb_read_frames"]
-            .as_str()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-    ))
+    let (_, w, h, n) = super::stream_summary(&out.stdout)?;
+    Ok((w, h, n))
 }
 
 /// An RTSP client on the host (rtspsrc over TCP → avdec_h264) that notes when each frame was
