@@ -84,7 +84,8 @@ pub struct Board {
 static BOARD: Mutex<Option<Board>> = Mutex::new(None);
 static BOOT_ERROR: Mutex<Option<String>> = Mutex::new(None);
 
-pub struct Guard(MutexGuard<'static, Option<Board>>);
+/// The board, held by one test at a time; `boots` counts the boots of this disk set.
+pub struct Guard(MutexGuard<'static, Option<Board>>, u32);
 
 impl std::ops::Deref for Guard {
     type Target = Board;
@@ -97,12 +98,14 @@ impl Guard {
     /// Power cut now (QMP quit). Returns the host time of the cut. The board is down until
     /// `boot_again`.
     pub fn power_cut(&mut self) -> f64 {
-        self.0.take().unwrap().power_cut()
+        let b = self.0.take().unwrap();
+        self.1 = b.boots;
+        b.power_cut()
     }
 
     /// Boots again on the disks the last boot left (after `power_cut`).
     pub fn boot_again(&mut self) -> Result<(), String> {
-        *self.0 = Some(Board::boot(false, 2)?);
+        *self.0 = Some(Board::boot(false, self.1 + 1)?);
         Ok(())
     }
 }
@@ -127,7 +130,7 @@ pub fn board() -> Option<Guard> {
             }
         }
     }
-    Some(Guard(g))
+    Some(Guard(g, 0))
 }
 
 fn txt_value(key: &str) -> String {
