@@ -517,6 +517,12 @@ pub struct SignalConfig {
     pub url: String,
     /// When set, a viewer's `auth` must carry it (as a string or `{"token": ...}`).
     pub token: String,
+    /// Key for short-lived signed viewer tokens (`camstream token`); empty: none accepted.
+    pub viewer_secret: String,
+    /// Let any member of the room watch, with neither token (the seed's open devices).
+    pub open: bool,
+    /// Proves to camstream-signal that this socket is the device (`camstream-signal device-key`).
+    pub device_key: String,
     pub lease_seconds: Ranged<1, 3600>,
     pub reconnect_max_seconds: Ranged<1, 600>,
     /// PEM file of the authority that signed the server's certificate, for a private CA;
@@ -530,6 +536,9 @@ impl Default for SignalConfig {
             enabled: false,
             url: String::new(),
             token: String::new(),
+            viewer_secret: String::new(),
+            open: false,
+            device_key: String::new(),
             lease_seconds: Ranged(30),
             reconnect_max_seconds: Ranged(30),
             tls_ca_file: String::new(),
@@ -776,6 +785,13 @@ impl Config {
             {
                 bail!("key `signal.url`: must be an http(s):// or ws(s):// URL when signal.enabled, got {u:?}");
             }
+        }
+        let sig = &self.signal;
+        if sig.open && !(sig.token.is_empty() && sig.viewer_secret.is_empty()) {
+            bail!("key `signal.open`: an open device takes no `signal.token` or `signal.viewer_secret`; choose one");
+        }
+        if !sig.viewer_secret.is_empty() && sig.viewer_secret.len() < 16 {
+            bail!("key `signal.viewer_secret`: at least 16 characters (it signs viewer tokens)");
         }
         let up = &self.uplink;
         if !(up.url.starts_with("rtsp://") || up.url.starts_with("rtsps://"))

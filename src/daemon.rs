@@ -5,6 +5,7 @@
 //! over through `glib::idle_add_once`.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,9 +56,9 @@ struct State {
     uplink: Option<Uplink>,
     uplink_backoff: Backoff,
     /// Viewers are watching until then (renewed by their heartbeats).
-    lease_until: Option<Instant>,
+    viewers: HashMap<String, Instant>,
     /// Paths to announce with `bridge`.
-    bridge_tx: Option<tokio::sync::mpsc::Sender<String>>,
+    bridge_tx: Option<tokio::sync::mpsc::Sender<signal::Bridge>>,
     main_loop: glib::MainLoop,
     exit_code: i32,
     stopping: bool,
@@ -477,7 +478,7 @@ fn try_uplink(st: &Shared, new_session: bool) {
     let result = {
         let mut guard = st.borrow_mut();
         let s = &mut *guard;
-        let wanted = s.lease_until.is_some_and(|t| t > Instant::now());
+        let wanted = watching(s);
         match s.uplink.as_mut() {
             Some(u) if wanted && !s.stopping && !u.is_attached() => {
                 u.attach(&s.pipeline, &s.enc_tee, new_session)
@@ -501,33 +502,44 @@ fn retry_uplink(st: &Shared, why: &str) {
     glib::timeout_add_local_once(delay, move || try_uplink(&st, false));
 }
 
+/// Whether any viewer's lease runs.
+fn watching(s: &State) -> bool {
+    let now = Instant::now();
+    s.viewers.values().any(|t| *t > now)
+}
+
 /// A command from the signalling thread. Main-loop thread.
-fn on_command(st: &Shared, cmd: Command, lease: Duration, token_required: bool) {
-    let fresh = {
+fn on_command(st: &Shared, cmd: Command) {
+    let Command::Watch {
+        viewer,
+        until,
+        asked,
+    } = cmd;
+    let (fresh, new_viewer) = {
         let mut s = st.borrow_mut();
-        let active = s.lease_until.is_some_and(|t| t > Instant::now());
-        match cmd {
-            // Without a token, a heartbeat may (re)start a session too: a viewer that kept
-            // watching through a device restart only sends heartbeats.
-            Command::Auth => {}
-            Command::Ping if active || !token_required => {}
-            Command::Ping => return,
-        }
-        s.lease_until = Some(Instant::now() + lease);
-        !active
+        let fresh = !watching(&s);
+        let old = s.viewers.insert(viewer.clone(), until);
+        (fresh, old.is_none_or(|t| t <= Instant::now()))
     };
     let attached = st.borrow().uplink.as_ref().is_some_and(|u| u.is_attached());
     if !attached {
-        try_uplink(st, fresh);
+        // A session already running has its attach under way or its retry scheduled: one
+        // schedule, whatever the number of viewers and heartbeats.
+        if fresh {
+            try_uplink(st, true);
+        }
         return;
     }
-    if cmd == Command::Auth {
+    if new_viewer || asked {
         // Already live: the new viewer can play at once.
         let s = st.borrow();
         if let (Some(path), Some(tx)) =
             (s.uplink.as_ref().and_then(|u| u.live_path()), &s.bridge_tx)
         {
-            let _ = tx.try_send(path.to_string());
+            let _ = tx.try_send(signal::Bridge {
+                path: path.to_string(),
+                to: vec![viewer],
+            });
         }
     }
 }
@@ -538,19 +550,28 @@ fn on_uplink_live(st: &Shared, generation: u64) {
         return;
     };
     log::info!("uplink: live at path {path}");
+    let now = Instant::now();
+    let to = s
+        .viewers
+        .iter()
+        .filter(|(_, t)| **t > now)
+        .map(|(v, _)| v.clone())
+        .collect();
     if let Some(tx) = &s.bridge_tx {
-        let _ = tx.try_send(path);
+        let _ = tx.try_send(signal::Bridge { path, to });
     }
 }
 
-/// Ends the uplink when no heartbeat renewed the lease. Main-loop thread, four times a second.
+/// Forgets viewers whose lease ran out (no heartbeat, or their token expired) and ends the
+/// uplink when none is left. Main-loop thread, four times a second.
 fn check_lease(st: &Shared) {
     let s = &mut *st.borrow_mut();
-    let expired = s.lease_until.is_some_and(|t| t <= Instant::now());
-    if !expired {
+    let now = Instant::now();
+    let before = s.viewers.len();
+    s.viewers.retain(|_, t| *t > now);
+    if before == 0 || !s.viewers.is_empty() {
         return;
     }
-    s.lease_until = None;
     let (p, t) = (s.pipeline.clone(), s.enc_tee.clone());
     if let Some(u) = s.uplink.as_mut() {
         if u.is_attached() {
@@ -564,7 +585,7 @@ fn check_lease(st: &Shared) {
 fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
     use tokio::sync::mpsc;
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
-    let (bridge_tx, bridge_rx) = mpsc::channel::<String>(16);
+    let (bridge_tx, bridge_rx) = mpsc::channel::<signal::Bridge>(16);
     let (live_tx, mut live_rx) = mpsc::channel::<u64>(16);
     signal::spawn(
         cfg.signal.clone(),
@@ -579,12 +600,10 @@ fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
         s.bridge_tx = Some(bridge_tx);
     }
     let ctx = glib::MainContext::default();
-    let lease = Duration::from_secs(cfg.signal.lease_seconds.get() as u64);
-    let token_required = !cfg.signal.token.is_empty();
     let st1 = st.clone();
     ctx.spawn_local(async move {
         while let Some(cmd) = cmd_rx.recv().await {
-            on_command(&st1, cmd, lease, token_required);
+            on_command(&st1, cmd);
         }
     });
     let st2 = st.clone();
@@ -789,7 +808,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         recording_backoff: Backoff::new(cfg.recording.retry_max_seconds.get()),
         uplink: None,
         uplink_backoff: Backoff::new(cfg.uplink.retry_max_seconds.get()),
-        lease_until: None,
+        viewers: HashMap::new(),
         bridge_tx: None,
         main_loop: main_loop.clone(),
         exit_code: 0,

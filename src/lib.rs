@@ -21,3 +21,4 @@ pub mod sdnotify;
 pub mod signal;
 pub mod stamp;
 pub mod uplink;
+pub mod viewer_token;

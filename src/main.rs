@@ -42,6 +42,17 @@ enum Command {
     Probe(ConfigArgs),
     /// Print the graph the config would build, in gst-launch syntax.
     Graph(ConfigArgs),
+    /// Print a signed viewer token: NAME may watch this device for SECONDS (signal.viewer_secret).
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Who the token is for (shown in the device's log): letters, digits, '-', '_'.
+        #[arg(long)]
+        viewer: String,
+        /// How long it holds, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        valid: u64,
+    },
     /// List the recordings on the card (start, end, duration, size, path).
     Recordings {
         #[command(flatten)]
@@ -109,6 +120,24 @@ fn real_main() -> Result<u8> {
             let cfg = load(&args)?;
             gst::init().context("cannot initialise GStreamer")?;
             print!("{}", plan::describe_graph(&cfg, &Profiles::load(&cfg)?)?);
+            Ok(0)
+        }
+        Command::Token {
+            config,
+            viewer,
+            valid,
+        } => {
+            let cfg = load(&config)?;
+            let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(valid);
+            println!(
+                "{}",
+                camstream::viewer_token::mint(
+                    &cfg.signal.viewer_secret,
+                    cfg.device.id.as_str(),
+                    &viewer,
+                    expires
+                )?
+            );
             Ok(0)
         }
         Command::Recordings { config, json } => {

@@ -1,39 +1,92 @@
 //! The device's side of the Socket.IO protocol (wire-compatible with the seed's servers):
-//! on every (re)connect emit `find <device id>` (a reconnected socket has no rooms); a viewer's
-//! `auth` starts the uplink, `heartbeatping` is answered with `heartbeatpong` and renews the
-//! viewing lease; `bridge <path>` tells viewers where to play once the uplink is live.
+//! on every (re)connect emit `find <device id> [<device key>]` (a reconnected socket has no
+//! rooms); a viewer's `auth <token>` lets it in and starts the uplink, its `heartbeatping` is
+//! answered with `heartbeatpong` and renews its own lease; `bridge <path>` tells the viewers
+//! that were let in where to play once the uplink is live.
+//!
+//! Through camstream-signal (a `device_key` is set) every viewer event carries the viewer's
+//! socket id as a last argument `{"viewer": id}`, and the device's answers name who they are
+//! for (`{"to": id}` or `{"to": [ids]}`): the relay delivers them to those viewers only. Through
+//! a plain room relay viewers are anonymous and every member sees everything; then only a
+//! heartbeat that carries a valid token renews a lease (or any heartbeat, on an open device).
 //!
 //! Runs on its own thread with a small tokio runtime. rust_socketio runs handlers one at a time,
 //! so they only validate and hand a command to the main loop through a bounded channel.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use rust_socketio::asynchronous::{Client, ClientBuilder};
 use rust_socketio::{Event, Payload};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::config::SignalConfig;
+use crate::viewer_token::{Grant, Policy};
 
 /// What the signalling side asks of the media side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// A viewer authenticated: start (or keep) the uplink and answer with `bridge`.
-    Auth,
-    /// A viewer is still watching.
-    Ping,
+    /// A viewer that was let in watches until `until` (its lease, cut short by its token's
+    /// expiry): start (or keep) the uplink and tell it the path. `viewer` is its socket id
+    /// through camstream-signal, empty for an anonymous viewer of a plain relay. `asked`: it
+    /// asked to watch (`auth`), so it wants the path even if it was watching already.
+    Watch {
+        viewer: String,
+        until: Instant,
+        asked: bool,
+    },
+}
+
+/// What the media side asks the signalling side to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub path: String,
+    /// Viewers (socket ids) it is for; empty or containing "": everyone in the room.
+    pub to: Vec<String>,
 }
 
 /// Largest payload (serialised JSON) looked at; anything bigger is dropped unread.
 const MAX_PAYLOAD: usize = 1024;
+/// Viewers remembered at once (let in, not yet gone); the oldest are forgotten first.
+const MAX_VIEWERS: usize = 256;
+
+/// A viewer that was let in.
+struct Admitted {
+    grant: Grant,
+    last_seen: Instant,
+}
 
 struct Handler {
-    token: String,
-    device: String,
+    policy: Policy,
+    /// Viewer ids come from camstream-signal: trusted only when this device uses one.
+    routed: bool,
+    lease: Duration,
     to_main: mpsc::Sender<Command>,
+    admitted: Mutex<HashMap<String, Admitted>>,
     dropped: AtomicU64,
+}
+
+/// A viewer event's parts: its token (first argument: "tok" or {"token": "tok"}) and, through
+/// camstream-signal, the viewer's id (last argument: {"viewer": id}).
+fn token_and_viewer(args: &[Value], routed: bool) -> (Option<&str>, String) {
+    let routing = args
+        .last()
+        .and_then(|v| v.get("viewer"))
+        .and_then(|v| v.as_str());
+    let viewer = match routing {
+        Some(id) if routed && id.len() <= 64 => id.to_string(),
+        _ => String::new(),
+    };
+    let token = match args.first() {
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(Value::Object(o)) => o.get("token").and_then(|t| t.as_str()),
+        _ => None,
+    };
+    (token, viewer)
 }
 
 impl Handler {
@@ -45,23 +98,76 @@ impl Handler {
         }
     }
 
-    fn send(&self, cmd: Command) {
+    /// Until when this viewer may watch from now: its lease, cut at its token's expiry.
+    fn until(&self, grant: &Grant) -> Instant {
+        let lease_end = Instant::now() + self.lease;
+        match grant.expires {
+            Some(t) => {
+                let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+                lease_end.min(Instant::now() + left)
+            }
+            None => lease_end,
+        }
+    }
+
+    fn watch(&self, viewer: &str, grant: &Grant, asked: bool) {
+        let cmd = Command::Watch {
+            viewer: viewer.to_string(),
+            until: self.until(grant),
+            asked,
+        };
         if self.to_main.try_send(cmd).is_err() {
             self.drop_event("media side busy");
         }
     }
 
-    /// The token, when one is configured, must be the first argument: "tok" or {"token":"tok"}.
-    fn auth_ok(&self, args: &[serde_json::Value]) -> bool {
-        if self.token.is_empty() {
-            return true;
+    /// Lets a viewer in, or says why not. Anonymous viewers (plain relays) are not remembered:
+    /// each of their events must carry the token.
+    fn admit(&self, viewer: &str, token: Option<&str>) -> Option<Grant> {
+        match self.policy.check(token, SystemTime::now()) {
+            Ok(grant) => {
+                if !viewer.is_empty() {
+                    let mut a = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+                    if a.len() >= MAX_VIEWERS && !a.contains_key(viewer) {
+                        let oldest = a
+                            .iter()
+                            .min_by_key(|(_, v)| v.last_seen)
+                            .map(|(k, _)| k.clone());
+                        if let Some(k) = oldest {
+                            a.remove(&k);
+                        }
+                    }
+                    a.insert(
+                        viewer.to_string(),
+                        Admitted {
+                            grant: grant.clone(),
+                            last_seen: Instant::now(),
+                        },
+                    );
+                }
+                Some(grant)
+            }
+            Err(why) => {
+                self.drop_event(&format!("viewer refused: {why}"));
+                None
+            }
         }
-        let given = match args.first() {
-            Some(serde_json::Value::String(s)) => Some(s.as_str()),
-            Some(serde_json::Value::Object(o)) => o.get("token").and_then(|t| t.as_str()),
-            _ => None,
-        };
-        given == Some(self.token.as_str())
+    }
+
+    /// A viewer let in earlier whose token still holds.
+    fn known(&self, viewer: &str) -> Option<Grant> {
+        if viewer.is_empty() {
+            return None;
+        }
+        let mut a = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = a.get_mut(viewer)?;
+        if entry.grant.expires.is_some_and(|t| t <= SystemTime::now()) {
+            log::info!("signal: viewer {} token expired", entry.grant.viewer);
+            a.remove(viewer);
+            return None;
+        }
+        entry.last_seen = Instant::now();
+        Some(entry.grant.clone())
     }
 
     /// Dispatches one event. Runs inside rust_socketio's handler: never blocks.
@@ -70,7 +176,7 @@ impl Handler {
             Payload::Text(v) => v,
             Payload::Binary(_) => return self.drop_event("binary payload"),
             #[allow(deprecated)]
-            Payload::String(s) => vec![serde_json::Value::String(s)],
+            Payload::String(s) => vec![Value::String(s)],
         };
         if serde_json::to_string(&args)
             .map(|s| s.len())
@@ -89,22 +195,45 @@ impl Handler {
             },
             _ => return,
         };
+        let (token, viewer) = token_and_viewer(args, self.routed);
         match name {
             "auth" => {
-                if self.auth_ok(args) {
-                    log::info!("signal: viewer authenticated");
-                    self.send(Command::Auth);
-                } else {
-                    self.drop_event("auth refused: wrong or missing token");
+                if let Some(grant) = self.admit(&viewer, token) {
+                    log::info!(
+                        "signal: viewer {} let in{}",
+                        grant.viewer,
+                        if viewer.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (socket {viewer})")
+                        }
+                    );
+                    self.watch(&viewer, &grant, true);
                 }
             }
             "heartbeatping" => {
-                self.send(Command::Ping);
-                if let Err(e) = socket.emit("heartbeatpong", Payload::Text(vec![])).await {
+                // Its own lease only: a viewer let in before, or a heartbeat that carries a
+                // valid token (a viewer that kept watching through a device restart).
+                let grant = match self.known(&viewer) {
+                    Some(g) => Some(g),
+                    None => self.admit(&viewer, token),
+                };
+                let Some(grant) = grant else { return };
+                self.watch(&viewer, &grant, false);
+                let args = if viewer.is_empty() {
+                    vec![]
+                } else {
+                    vec![json!({ "to": viewer })]
+                };
+                if let Err(e) = socket.emit("heartbeatpong", Payload::Text(args)).await {
                     log::warn!("signal: cannot answer heartbeat: {e}");
                 }
             }
-            "create" | "join" => log::info!("signal: {name} room {}", self.device),
+            "create" | "join" => log::info!("signal: {name} room {}", self.policy.device),
+            "refused" => log::error!(
+                "signal: the relay refused this device: signal.device_key is wrong for {}",
+                self.policy.device
+            ),
             // Our own relayed events and anything else: not for the device.
             "heartbeatpong" | "bridge" | "find" => {}
             _ => self.drop_event("unknown event"),
@@ -117,16 +246,22 @@ async fn connect(
     handler: Arc<Handler>,
 ) -> Result<Client, rust_socketio::Error> {
     let h = handler.clone();
-    let device = handler.device.clone();
+    let device = handler.policy.device.clone();
+    let key = cfg.device_key.clone();
     let mut builder = ClientBuilder::new(cfg.url.clone())
         .reconnect(true)
         .reconnect_on_disconnect(true)
         .reconnect_delay(1000, cfg.reconnect_max_seconds.get() as u64 * 1000)
         .on(Event::Connect, move |_, socket: Client| {
-            let device = device.clone();
+            let (device, key) = (device.clone(), key.clone());
             async move {
                 log::info!("signal: connected, joining room {device}");
-                if let Err(e) = socket.emit("find", serde_json::json!(device)).await {
+                // Plain relays read the first argument only.
+                let mut args = vec![json!(device)];
+                if !key.is_empty() {
+                    args.push(json!(key));
+                }
+                if let Err(e) = socket.emit("find", Payload::Text(args)).await {
                     log::warn!("signal: cannot emit find: {e}");
                 }
             }
@@ -166,8 +301,26 @@ pub fn spawn(
     cfg: SignalConfig,
     device: String,
     to_main: mpsc::Sender<Command>,
-    mut from_main: mpsc::Receiver<String>,
+    mut from_main: mpsc::Receiver<Bridge>,
 ) -> std::io::Result<()> {
+    let policy = Policy {
+        device,
+        token: cfg.token.clone(),
+        viewer_secret: cfg.viewer_secret.clone(),
+        open: cfg.open,
+    };
+    if policy.is_closed() {
+        log::warn!(
+            "signal: no signal.token, signal.viewer_secret or signal.open = true: nobody can watch"
+        );
+    } else if policy.open {
+        log::warn!("signal: open device (signal.open = true): anyone in the room can watch");
+    }
+    if cfg.device_key.is_empty() {
+        log::warn!(
+            "signal: no signal.device_key: every member of the room sees the tokens viewers send and the paths this device announces"
+        );
+    }
     std::thread::Builder::new()
         .name("signal".into())
         .spawn(move || {
@@ -180,9 +333,11 @@ pub fn spawn(
             };
             rt.block_on(async move {
                 let handler = Arc::new(Handler {
-                    token: cfg.token.clone(),
-                    device,
+                    policy,
+                    routed: !cfg.device_key.is_empty(),
+                    lease: Duration::from_secs(cfg.lease_seconds.get() as u64),
                     to_main,
+                    admitted: Mutex::new(HashMap::new()),
                     dropped: AtomicU64::new(0),
                 });
                 // The first connection is retried here; rust_socketio reconnects after that.
@@ -202,9 +357,14 @@ pub fn spawn(
                         }
                     }
                 };
-                while let Some(path) = from_main.recv().await {
+                while let Some(Bridge { path, to }) = from_main.recv().await {
                     log::info!("signal: bridge {path}");
-                    if let Err(e) = client.emit("bridge", serde_json::json!(path)).await {
+                    // Seed viewers read the first argument only.
+                    let mut args = vec![json!(path)];
+                    if !to.is_empty() && to.iter().all(|v| !v.is_empty()) {
+                        args.push(json!({ "to": to }));
+                    }
+                    if let Err(e) = client.emit("bridge", Payload::Text(args)).await {
                         log::warn!("signal: cannot emit bridge: {e}");
                     }
                 }

@@ -225,8 +225,13 @@ fn malformed_socketio_events_are_dropped_and_the_device_keeps_serving() {
     let media = media_standin(free_port());
     let dev = Device::start(
         "remote-flood",
-        &device_config(free_port(), relay_port, media.push, "")
-            .replace("[signal]", "[signal]\ntoken = \"s3cret\""),
+        &device_config_signal(
+            free_port(),
+            relay_port,
+            media.push,
+            "token = \"s3cret\"",
+            "",
+        ),
         &[],
     );
     dev.wait_log("signal: create room", Duration::from_secs(10));
@@ -370,7 +375,7 @@ fn tls_relay_and_rtsps_push_with_a_private_ca() {
     let media = media_standin_with(free_port(), &["--tls-cert", cert_s, "--tls-key", key_s]);
     let cfg = format!(
         "{}\n[signal]\nenabled = true\nurl = \"https://127.0.0.1:{relay_port}\"\n\
-         tls_ca_file = \"{cert_s}\"\nlease_seconds = 3\nreconnect_max_seconds = 2\n\
+         tls_ca_file = \"{cert_s}\"\nlease_seconds = 3\nreconnect_max_seconds = 2\nopen = true\n\
          [uplink]\nurl = \"rtsps://127.0.0.1:{}/channel/{{path}}\"\ntls_ca_file = \"{cert_s}\"\n\
          retry_max_seconds = 1\n",
         dev_config(free_port(), ""),

@@ -1,10 +1,23 @@
 //! camstream-signal: the reference Socket.IO relay between camstream devices and viewers,
 //! wire-compatible with the seed's server.
 //!
+//! Open (no `--device-secret-file`, the seed's behaviour):
 //! - `find <room>`: the sender joins the room and gets `create` if it was empty, else `join`;
 //! - `auth`, `heartbeatping`, `heartbeatpong`, `bridge`: relayed, with their arguments, to the
-//!   other members of the sender's rooms;
-//! - anything else, or a payload of the wrong type or size, is dropped.
+//!   other members of the sender's rooms.
+//!
+//! Closed (`--device-secret-file`): a room has one device, proven by its key
+//! (`find <room> <device key>`; see device_key.rs); a wrong key is refused with `refused`, and a
+//! device that proves itself again (reconnecting) replaces the old socket. Every other member
+//! is a viewer (`find <room>`, answered `join` when the device is online, else `create`).
+//! - a viewer's `auth` and `heartbeatping` go to the device only, with the viewer's id added as
+//!   a last argument `{"viewer": id}`;
+//! - the device's `bridge` and `heartbeatpong` go only to the viewers named in their last
+//!   argument `{"to": id | [ids]}` that are in its room, without that argument;
+//! - nothing else is relayed: a viewer that was not let in learns nothing, not even who else
+//!   watches.
+//!
+//! Anything else, or a payload of the wrong type or size, is dropped.
 //!
 //! It also serves static files (the web viewer) and answers CORS as configured. Several nodes
 //! can share rooms through Redis (`--redis redis://host:6379`): a viewer on one node reaches a
@@ -18,10 +31,11 @@ use axum::serve::ListenerExt;
 use clap::Parser;
 use serde_json::Value;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 
+mod device_key;
 mod lock;
 mod redis_driver;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -30,6 +44,12 @@ use tower_http::services::ServeDir;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// File whose first line is the secret devices' keys derive from: makes the relay closed
+    /// (devices prove who they are; events go only to whom they are for). None: open relay.
+    #[arg(long, global = true)]
+    device_secret_file: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -44,6 +64,12 @@ struct Args {
     redis: Option<String>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Print a device's key (its `signal.device_key`), from --device-secret-file.
+    DeviceKey { device: String },
+}
+
 /// Events relayed between the members of a room.
 const RELAYED: [&str; 4] = ["auth", "heartbeatping", "heartbeatpong", "bridge"];
 /// Room names: device ids.
@@ -56,16 +82,55 @@ fn valid_room(v: &Value) -> Option<String> {
     ok.then(|| s.to_string())
 }
 
+/// All of an event's arguments. socketioxide hands a `Vec` over as the first argument only; a
+/// tuple of any length takes them all.
+#[derive(Default)]
+struct EventArgs(Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for EventArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> serde::de::Visitor<'de> for Each {
+            type Value = EventArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<EventArgs, S::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(EventArgs(v))
+            }
+        }
+        d.deserialize_tuple(usize::MAX, Each)
+    }
+}
+
 /// Arguments relayed: at most 4, each small. A 100 kB "auth" is not an auth.
-fn valid_args(v: &Value) -> bool {
-    let args = match v {
-        Value::Array(a) => a.as_slice(),
-        other => std::slice::from_ref(other),
-    };
+fn valid_args(args: &[Value]) -> bool {
     args.len() <= 4
-        && serde_json::to_string(v)
+        && serde_json::to_string(args)
             .map(|s| s.len() <= 1024)
             .unwrap_or(false)
+}
+
+/// Emits `ev` with `args` as separate arguments, as the sender gave them.
+async fn emit_args<A: Adapter>(
+    op: socketioxide::operators::BroadcastOperators<A>,
+    ev: &str,
+    args: &[Value],
+) -> Result<(), socketioxide::BroadcastError> {
+    match args {
+        [] => op.emit(ev, &()).await,
+        [a] => op.emit(ev, a).await,
+        [a, b] => op.emit(ev, &(a, b)).await,
+        [a, b, c] => op.emit(ev, &(a, b, c)).await,
+        [a, b, c, d, ..] => op.emit(ev, &(a, b, c, d)).await,
+    }
 }
 
 /// Connect middleware: handlers are registered before the client learns it is connected, so
@@ -74,56 +139,182 @@ async fn register_handlers<A: Adapter>(
     socket: SocketRef<A>,
 ) -> Result<(), std::convert::Infallible> {
     tracing::debug!(id = %socket.id, "connected");
-    socket.on("find", async |s: SocketRef<A>, Data::<Value>(room)| {
-        let Some(room) = valid_room(&room) else {
-            tracing::debug!(id = %s.id, "find with a bad room id dropped");
-            return;
-        };
-        // Look-up and join under a per-room lock (a Redis one across nodes), so that two
-        // simultaneous finds cannot both be told `create`.
-        let guard = lock::room(&room, &s.id.to_string()).await;
-        let empty = match s.within(room.clone()).fetch_sockets().await {
-            Ok(members) => members.is_empty(),
-            Err(e) => {
-                tracing::warn!(%room, "room look-up failed: {e:?}");
-                true
+    // Its own room, so that an answer can reach it on whichever node it is. ':' keeps it apart
+    // from the rooms `find` can name.
+    socket.join(own_room(&socket.id.to_string()));
+    socket.on(
+        "find",
+        async |s: SocketRef<A>, TryData::<EventArgs>(args)| {
+            // `find <room>` or, from a device of a closed relay, `find <room> <key>`.
+            let args = args.unwrap_or_default().0;
+            let key = args.get(1).and_then(|k| k.as_str());
+            let Some(room) = args.first().and_then(valid_room) else {
+                tracing::debug!(id = %s.id, "find with a bad room id dropped");
+                return;
+            };
+            if device_key::closed() {
+                find_closed(s, room, key).await
+            } else {
+                find_open(s, room).await
             }
-        };
-        s.join(room.clone());
-        drop(guard);
-        let reply = if empty { "create" } else { "join" };
-        let _ = s.emit(reply, &room);
-        tracing::info!(id = %s.id, %room, reply, "find");
-    });
+        },
+    );
     for ev in RELAYED {
         // The seed's viewer sends `auth` and `heartbeatping` without arguments.
-        socket.on(ev, async move |s: SocketRef<A>, TryData::<Value>(data)| {
-            let data = data.unwrap_or(Value::Null);
-            if !valid_args(&data) {
-                tracing::debug!(id = %s.id, ev, "oversized payload dropped");
-                return;
+        socket.on(
+            ev,
+            async move |s: SocketRef<A>, TryData::<EventArgs>(args)| {
+                let args = args.unwrap_or_default().0;
+                if !valid_args(&args) {
+                    tracing::debug!(id = %s.id, ev, "oversized payload dropped");
+                    return;
+                }
+                if device_key::closed() {
+                    relay_closed(s, ev, args).await
+                } else {
+                    relay_open(s, ev, args).await
+                }
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The room a device of a closed relay is alone in.
+fn device_room(room: &str) -> String {
+    // ':' is not allowed in room names: no viewer can find it.
+    format!("device:{room}")
+}
+
+/// The room only socket `id` is in.
+fn own_room(id: &str) -> String {
+    format!("socket:{id}")
+}
+
+/// The rooms a socket found (not its own room, not a device room).
+fn found_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<String> {
+    let own = s.id.to_string();
+    s.rooms()
+        .into_iter()
+        .map(|r| r.to_string())
+        .filter(|r| *r != own && !r.contains(':'))
+        .collect()
+}
+
+/// The room whose device this socket is, on a closed relay.
+fn device_of<A: Adapter>(s: &SocketRef<A>) -> Option<String> {
+    s.rooms()
+        .into_iter()
+        .find_map(|r| r.strip_prefix("device:").map(str::to_string))
+}
+
+async fn find_open<A: Adapter>(s: SocketRef<A>, room: String) {
+    // Look-up and join under a per-room lock (a Redis one across nodes), so that two
+    // simultaneous finds cannot both be told `create`.
+    let guard = lock::room(&room, &s.id.to_string()).await;
+    let empty = match s.within(room.clone()).fetch_sockets().await {
+        Ok(members) => members.is_empty(),
+        Err(e) => {
+            tracing::warn!(%room, "room look-up failed: {e:?}");
+            true
+        }
+    };
+    s.join(room.clone());
+    drop(guard);
+    let reply = if empty { "create" } else { "join" };
+    let _ = s.emit(reply, &room);
+    tracing::info!(id = %s.id, %room, reply, "find");
+}
+
+async fn find_closed<A: Adapter>(s: SocketRef<A>, room: String, key: Option<&str>) {
+    let dev = device_room(&room);
+    match key {
+        Some(key) if device_key::verify(&room, key) => {
+            let guard = lock::room(&room, &s.id.to_string()).await;
+            // A device that proves itself again replaces its old socket (a reconnect before
+            // the old one timed out).
+            if let Ok(old) = s.within(dev.clone()).fetch_sockets().await {
+                for o in old.into_iter().filter(|o| o.data().id != s.id) {
+                    tracing::info!(%room, old = %o.data().id, "device replaced by a new socket");
+                    let _ = o.disconnect().await;
+                }
             }
-            let rooms: Vec<String> = s
-                .rooms()
-                .into_iter()
-                .map(|r| r.to_string())
-                .filter(|r| *r != s.id.to_string())
-                .collect();
-            for room in rooms {
-                let op = s.to(room);
-                let sent = match &data {
-                    Value::Null => op.emit(ev, &()).await,
-                    Value::Array(a) if a.is_empty() => op.emit(ev, &()).await,
-                    Value::Array(a) if a.len() == 1 => op.emit(ev, &a[0]).await,
-                    other => op.emit(ev, other).await,
-                };
-                if let Err(e) = sent {
+            s.join(dev);
+            drop(guard);
+            let _ = s.emit("create", &room);
+            tracing::info!(id = %s.id, %room, "device found its room");
+        }
+        Some(_) => {
+            tracing::warn!(id = %s.id, %room, "device key refused");
+            let _ = s.emit("refused", &room);
+        }
+        None => {
+            s.join(room.clone());
+            let online = s
+                .within(dev)
+                .fetch_sockets()
+                .await
+                .map(|d| !d.is_empty())
+                .unwrap_or(false);
+            let reply = if online { "join" } else { "create" };
+            let _ = s.emit(reply, &room);
+            tracing::info!(id = %s.id, %room, reply, "viewer find");
+        }
+    }
+}
+
+async fn relay_open<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<Value>) {
+    for room in found_rooms(&s) {
+        if let Err(e) = emit_args(s.to(room), ev, &args).await {
+            tracing::debug!(ev, "relay failed: {e}");
+        }
+    }
+}
+
+async fn relay_closed<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<Value>) {
+    match (ev, device_of(&s)) {
+        // A viewer asks its devices: the token (if any) and who asks.
+        ("auth" | "heartbeatping", None) => {
+            let token = args.first().cloned().unwrap_or(Value::Null);
+            let who = serde_json::json!({ "viewer": s.id.to_string() });
+            for room in found_rooms(&s) {
+                if let Err(e) = s.to(device_room(&room)).emit(ev, &(&token, &who)).await {
                     tracing::debug!(ev, "relay failed: {e}");
                 }
             }
-        });
+        }
+        // The device answers the viewers it let in, and only those of its room.
+        ("bridge" | "heartbeatpong", Some(room)) => {
+            let to: Vec<String> = match args.last().and_then(|a| a.get("to")) {
+                Some(Value::String(id)) => vec![id.clone()],
+                Some(Value::Array(ids)) => ids
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect(),
+                _ => {
+                    tracing::debug!(ev, %room, "device event without recipients dropped");
+                    return;
+                }
+            };
+            let members: Vec<String> = match s.within(room.clone()).fetch_sockets().await {
+                Ok(m) => m.iter().map(|m| m.data().id.to_string()).collect(),
+                Err(e) => {
+                    tracing::warn!(%room, "room look-up failed: {e:?}");
+                    return;
+                }
+            };
+            // Without the routing argument: what a seed viewer expects.
+            let payload = &args[..args.len() - 1];
+            for id in to.iter().filter(|id| members.contains(id)) {
+                if let Err(e) = emit_args(s.to(own_room(id)), ev, payload).await {
+                    tracing::debug!(ev, "relay failed: {e}");
+                }
+            }
+        }
+        (ev, role) => {
+            tracing::debug!(id = %s.id, ev, device = role.is_some(), "event not for this role dropped")
+        }
     }
-    Ok(())
 }
 
 async fn noop<A: Adapter>(_: SocketRef<A>) {}
@@ -137,6 +328,26 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(file) = &args.device_secret_file {
+        device_key::load(file)?;
+    }
+    if let Some(Cmd::DeviceKey { device }) = &args.command {
+        if !device_key::closed() {
+            anyhow::bail!("device-key needs --device-secret-file");
+        }
+        if valid_room(&Value::String(device.clone())).is_none() {
+            anyhow::bail!("device id {device:?}: 1 to 64 letters, digits, '-' or '_'");
+        }
+        println!("{}", device_key::key_for(device).unwrap_or_default());
+        return Ok(());
+    }
+    if device_key::closed() {
+        tracing::info!(
+            "closed relay: devices prove their ids, events go only to whom they are for"
+        );
+    } else {
+        tracing::warn!("open relay (no --device-secret-file): every member of a room sees every relayed event, tokens and paths included");
+    }
     let mut app = axum::Router::new();
     if let Some(dir) = &args.static_dir {
         // The build ships gzip copies next to the files (web/: npm run build).

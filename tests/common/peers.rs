@@ -125,6 +125,17 @@ pub fn viewer(relay_port: u16, device: &str, hb_ms: u64, stop_ms: Option<u64>) -
     )
 }
 
+/// The seed's viewer with options of viewer.js (`--token T`, `--find-key K`, ...).
+pub fn viewer_with(relay_port: u16, device: &str, hb_ms: u64, args: &[&str]) -> Peer {
+    let mut c = Command::new("node");
+    c.arg(node_dir().join("viewer.js"))
+        .arg(format!("http://127.0.0.1:{relay_port}"))
+        .arg(device)
+        .arg(hb_ms.to_string())
+        .args(args);
+    Peer::spawn(c)
+}
+
 /// The seed's viewer against any relay URL; `ca` (PEM) is trusted besides the system's CAs.
 pub fn viewer_at(
     url: &str,
@@ -197,10 +208,22 @@ impl Drop for Media {
     }
 }
 
+/// A device that any member of the room may watch (`signal.open`), as the seed's devices.
 pub fn device_config(rtsp_port: u16, relay_port: u16, media_push: u16, extra: &str) -> String {
+    device_config_signal(rtsp_port, relay_port, media_push, "open = true", extra)
+}
+
+/// A device with these `[signal]` keys (who may watch, its device key).
+pub fn device_config_signal(
+    rtsp_port: u16,
+    relay_port: u16,
+    media_push: u16,
+    signal: &str,
+    extra: &str,
+) -> String {
     let cfg = dev_config(rtsp_port, "");
     format!(
-        "{cfg}\n[signal]\nenabled = true\nurl = \"http://127.0.0.1:{relay_port}\"\nlease_seconds = 3\nreconnect_max_seconds = 2\n\
+        "{cfg}\n[signal]\nenabled = true\nurl = \"http://127.0.0.1:{relay_port}\"\nlease_seconds = 3\nreconnect_max_seconds = 2\n{signal}\n\
          [uplink]\nurl = \"rtsp://127.0.0.1:{media_push}/channel/{{path}}\"\nretry_max_seconds = 1\n{extra}"
     )
 }

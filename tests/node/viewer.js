@@ -1,25 +1,42 @@
 // The seed's viewer, step by step, with the heartbeat interval from the command line.
-// node viewer.js URL DEVICE [HEARTBEAT_MS] [--no-heartbeat-after MS]
-// Prints one JSON line per event: {"t": ms since start, "event": ..., "arg": ...}.
+// node viewer.js URL DEVICE [HEARTBEAT_MS] [--no-heartbeat-after MS] [--token T] [--find-key K]
+//   --token T      send T with auth and heartbeatping (a device that requires a token)
+//   --find-key K   claim to be the device: find DEVICE K (and do nothing a viewer does)
+// Prints one JSON line per event received: {"t": ms since start, "event": ..., "arg": first
+// argument, "args": all arguments}, and {"event": "connect"|"disconnect"}.
 const { io } = require("socket.io-client");
 const [url, device, hbArg] = process.argv.slice(2);
+const opt = (name) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
 const heartbeatMs = Number(hbArg || 10000);
-const stopAfter = process.argv.includes("--no-heartbeat-after")
-  ? Number(process.argv[process.argv.indexOf("--no-heartbeat-after") + 1]) : Infinity;
+const stopAfter = opt("--no-heartbeat-after") !== undefined ? Number(opt("--no-heartbeat-after")) : Infinity;
+const token = opt("--token");
+const findKey = opt("--find-key");
 const t0 = Date.now();
-const log = (event, arg) => console.log(JSON.stringify({ t: Date.now() - t0, event, arg }));
+const log = (event, args = []) =>
+  console.log(JSON.stringify({ t: Date.now() - t0, event, arg: args[0], args }));
 const socketio = io(url, { transports: ["websocket"] });
-socketio.on("connect", () => { log("connect"); socketio.emit("find", device); });
+const withToken = (ev) => (token === undefined ? socketio.emit(ev) : socketio.emit(ev, token));
+socketio.onAny((event, ...args) => log(event, args));
+socketio.on("connect", () => {
+  log("connect");
+  if (findKey !== undefined) socketio.emit("find", device, findKey);
+  else socketio.emit("find", device);
+});
 socketio.on("disconnect", () => log("disconnect"));
-const start = () => { socketio.emit("auth"); socketio.emit("heartbeatping"); };
-socketio.on("create", () => { log("create"); start(); });
-socketio.on("join", () => { log("join"); start(); });
+const start = () => {
+  if (findKey !== undefined) return;
+  withToken("auth");
+  withToken("heartbeatping");
+};
+socketio.on("create", start);
+socketio.on("join", start);
 let heartbeat_timer;
 socketio.on("heartbeatpong", () => {
-  log("heartbeatpong");
   if (heartbeat_timer) clearTimeout(heartbeat_timer);
   heartbeat_timer = setTimeout(() => {
-    if (Date.now() - t0 < stopAfter) socketio.emit("heartbeatping");
+    if (Date.now() - t0 < stopAfter) withToken("heartbeatping");
   }, heartbeatMs);
 });
-socketio.on("bridge", (pathid) => log("bridge", pathid));

@@ -9,11 +9,15 @@
 //                                     WebRTC port: https://host:8889/channel/{path}/whep
 //   &mode=llhls             hls | llhls | webrtc (also chosen in the page, and remembered)
 //   &heartbeat=10000        heartbeat interval, ms
+//   &token=...              viewing token (a signed, short-lived one: `camstream token`), sent
+//                           with auth and heartbeatping; none: the seed's argument-less events
 import { io } from "socket.io-client";
 import Hls from "hls.js/dist/hls.light.mjs";
 
 const params = new URLSearchParams(location.search);
 const HEARTBEAT_MS = Number(params.get("heartbeat")) || 10000;
+const token = params.get("token");
+const emitWithToken = (ev) => (token ? socket.emit(ev, token) : socket.emit(ev));
 // No heartbeatpong for this long: the device is considered offline (well within the
 // device's viewing lease, 30 s by default, for the default 10 s heartbeat).
 const OFFLINE_MS = Number(params.get("offline")) || HEARTBEAT_MS + 5000;
@@ -56,7 +60,7 @@ const say = (text, detail) => {
 
 function heartbeat() {
   clearTimeout(heartbeatTimer);
-  if (!paused && socket && socket.connected) socket.emit("heartbeatping");
+  if (!paused && socket && socket.connected) emitWithToken("heartbeatping");
 }
 
 function watchOffline() {
@@ -71,8 +75,8 @@ function watchOffline() {
 function request() {
   requestedAt = performance.now();
   firstPictureMs = null;
-  socket.emit("auth");
-  socket.emit("heartbeatping");
+  emitWithToken("auth");
+  emitWithToken("heartbeatping");
   watchOffline();
 }
 
