@@ -139,6 +139,19 @@ pub fn run(cfg: &Config, profiles: &Profiles) -> Result<()> {
         ),
         None => println!("display: no connected DRM connector"),
     }
+    let rtsp = &cfg.rtsp;
+    if !rtsp.enabled {
+        println!("RTSP: off");
+    } else if let Some(w) = crate::rtsp::open_to_everyone(rtsp) {
+        println!("WARNING: {w}");
+    } else if rtsp.user.is_empty() {
+        println!("RTSP: {}:{}, no credentials", rtsp.bind, rtsp.port);
+    } else {
+        println!(
+            "RTSP: {}:{}, digest credentials required (user {:?})",
+            rtsp.bind, rtsp.port, rtsp.user
+        );
+    }
     Ok(())
 }
 

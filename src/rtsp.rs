@@ -13,7 +13,7 @@ use gst_rtsp_server::prelude::*;
 
 use crate::branch::{self, Branch};
 use crate::config::{RtspConfig, RtspTransport};
-use crate::plan;
+use crate::{keyframes, plan};
 
 const MEDIA_LAUNCH: &str =
     "( appsrc name=src is-live=true format=time do-timestamp=false min-latency=0 \
@@ -109,13 +109,14 @@ impl RtspServer {
                 return;
             }
             // A late joiner on a shared media would otherwise wait up to a GOP for its first
-            // picture. play-request fires once the client's transport is in place.
+            // picture. play-request fires once the client's transport is in place. The
+            // encoder's gate grants at most one client request per keyframe interval.
             let s3 = s.clone();
             client.connect_play_request(move |_, _| {
                 if let Ok(branches) = s3.branches.lock() {
                     for b in branches.iter() {
                         if let Some(pad) = b.bin.static_pad("sink") {
-                            branch::request_keyframe(&pad);
+                            keyframes::request_for_client(&pad);
                         }
                     }
                 }
@@ -144,6 +145,9 @@ impl RtspServer {
             server.bound_port(),
             cfg.mount.as_str()
         );
+        if let Some(w) = open_to_everyone(cfg) {
+            log::warn!("{w}");
+        }
         let urls = client_addresses(cfg.bind)
             .iter()
             .map(|h| format!("rtsp://{h}:{}{}", server.bound_port(), cfg.mount.as_str()))
@@ -169,6 +173,20 @@ impl RtspServer {
     pub fn set_stopping(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
     }
+}
+
+/// The warning for a server anyone who reaches the device can watch: every address, no
+/// credentials. Logged at every start and printed by `camstream probe`.
+pub fn open_to_everyone(cfg: &RtspConfig) -> Option<String> {
+    (cfg.enabled && cfg.bind.is_unspecified() && cfg.user.is_empty()).then(|| {
+        format!(
+            "RTSP OPEN TO EVERYONE: listening on all addresses ({}:{}) without credentials: \
+             anyone who can reach this device (the whole LAN; the internet when a modem gives it \
+             a public address) can watch. Set rtsp.user and rtsp.password, or bind rtsp.bind \
+             to the one address viewers use",
+            cfg.bind, cfg.port
+        )
+    })
 }
 
 /// Runs in the thread serving the client whose DESCRIBE created the media (the main loop).
@@ -258,7 +276,11 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
             .build(),
     );
 
-    let branch = branch::attach(&pipeline, &tee, bin, true).context("attaching RTSP branch")?;
+    // The client that made the media asks for its keyframe like any other (through the gate).
+    let branch = branch::attach(&pipeline, &tee, bin, false).context("attaching RTSP branch")?;
+    if let Some(pad) = branch.bin.static_pad("sink") {
+        keyframes::request_for_client(&pad);
+    }
     log::info!("RTSP: media prepared, branch {} attached", branch.name);
     if let Ok(mut b) = shared.branches.lock() {
         b.push(branch.clone());
