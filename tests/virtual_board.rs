@@ -352,6 +352,229 @@ fn b_first_boot_settings() {
     assert!(errors.is_empty(), "first boot:\n{}", errors.join("\n"));
 }
 
+/// "key=value" lines of `systemctl show` into pairs.
+fn show_props(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a2_service_sandbox() {
+    let Some(b) = board() else { return };
+    b.wait_stream(Duration::from_secs(120)).unwrap();
+    let mut errors = Vec::new();
+    // What systemd applied to the running unit.
+    let props = show_props(&b.sh(
+        "systemctl show camstream.service -p NoNewPrivileges -p ProtectSystem -p ProtectHome \
+         -p PrivateTmp -p CapabilityBoundingSet -p RestrictAddressFamilies -p DevicePolicy \
+         -p DeviceAllow -p ReadWritePaths",
+    ));
+    eprintln!("{props:?}");
+    // A property set several times (DeviceAllow) is shown once per value.
+    let prop = |k: &str| {
+        props
+            .iter()
+            .filter(|(p, _)| p == k)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    for (k, want) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("DevicePolicy", "closed"),
+    ] {
+        if prop(k) != want {
+            errors.push(format!("{k}={:?}, expected {want:?}", prop(k)));
+        }
+    }
+    let families = prop("RestrictAddressFamilies");
+    if families.split_whitespace().collect::<Vec<_>>().len() != 4
+        || !["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+            .iter()
+            .all(|f| families.contains(f))
+    {
+        errors.push(format!("RestrictAddressFamilies={families:?}"));
+    }
+    let devices = prop("DeviceAllow");
+    if !(devices.contains("char-video4linux rw") && devices.contains("char-drm rw")) {
+        errors.push(format!("DeviceAllow={devices:?}"));
+    }
+    // The kernel's view of the daemon process.
+    let pid = b.service("MainPID");
+    let status = b.sh(&format!(
+        "grep -E '^(Uid|NoNewPrivs|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status"
+    ));
+    eprintln!("{status}");
+    for l in status.lines() {
+        let (k, v) = l.split_once(':').unwrap();
+        let v = v.trim();
+        let ok = match k {
+            "NoNewPrivs" => v == "1",
+            "Uid" => !v.starts_with("0"),
+            _ => v.chars().all(|c| c == '0'),
+        };
+        if !ok {
+            errors.push(format!("daemon process {k}: {v}"));
+        }
+    }
+    // Files, as the daemon sees them (its mount namespace): even root there can write only the
+    // recordings and its own /tmp, while outside, root writes to /data. The daemon's user reads
+    // its settings.
+    let probe = "probe() { if touch $2/.sandbox-probe 2>/dev/null; then rm -f $2/.sandbox-probe; \
+                 echo \"$1: $2 writable\"; else echo \"$1: $2 read-only\"; fi; }";
+    let fs = b.exec(&format!(
+        "{probe}; probe host /data; \
+         nsenter -t {pid} -m sh -c '{probe}; \
+           for d in /data /data/camstream /data/recordings /etc /tmp; do probe sandbox $d; done'; \
+         nsenter -t {pid} -m setpriv --reuid=camstream --regid=camstream --init-groups sh -c '\
+           touch /data/recordings/.p && rm /data/recordings/.p && echo \"daemon: /data/recordings writable\"; \
+           test -r /data/camstream/site.toml && echo \"daemon: site.toml readable\"; \
+           touch /tmp/.sandbox-private'; \
+         test -e /tmp/.sandbox-private && echo \"/tmp shared\"; \
+         stat -c '%a %U %n' /data/camstream/site.toml"
+    ));
+    eprintln!("{}{}", fs.stdout, fs.stderr);
+    for want in [
+        "host: /data writable",
+        "sandbox: /data read-only",
+        "sandbox: /data/camstream read-only",
+        "sandbox: /data/recordings writable",
+        "sandbox: /etc read-only",
+        "sandbox: /tmp writable",
+        "daemon: /data/recordings writable",
+        "daemon: site.toml readable",
+        "600 camstream /data/camstream/site.toml",
+    ] {
+        if !fs.stdout.lines().any(|l| l == want) {
+            errors.push(format!("expected {want:?} from the daemon's view"));
+        }
+    }
+    if fs.stdout.contains("/tmp shared") {
+        errors.push("the daemon's /tmp is the system's".into());
+    }
+    // Devices, from a process in the service's cgroup (its device filter): the camera and the
+    // screen open, a disk does not.
+    let dev = b.exec(
+        "sh -c 'echo $$ > /sys/fs/cgroup/system.slice/camstream.service/cgroup.procs && \
+         for d in /dev/video0 /dev/dri/card0 /dev/vda /dev/null; do \
+           if (exec 3<$d) 2>/dev/null; then echo \"$d opens\"; else echo \"$d denied\"; fi; done'",
+    );
+    eprintln!("{}{}", dev.stdout, dev.stderr);
+    for want in [
+        "/dev/video0 opens",
+        "/dev/dri/card0 opens",
+        "/dev/vda denied",
+        "/dev/null opens",
+    ] {
+        if !dev.stdout.lines().any(|l| l == want) {
+            errors.push(format!("expected {want:?} inside the service's cgroup"));
+        }
+    }
+    // The card's settings have credentials: no warning.
+    let j =
+        b.exec("journalctl -b -u camstream.service --no-pager -o cat | grep -c 'OPEN TO EVERYONE'");
+    if j.stdout.trim() != "0" {
+        errors.push(format!(
+            "open-RTSP warning with credentials set: {}",
+            j.stdout
+        ));
+    }
+    assert!(errors.is_empty(), "sandbox:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn b2_rtsp_closed_by_default_generated_credentials() {
+    let Some(b) = board() else { return };
+    // The card's camstream.txt without RTSP credentials: firstboot generates them, shows them
+    // on the BOOT partition, and the stream needs them.
+    b.sh(
+        "mkdir -p /run/vboard && grep -v '^rtsp_' /boot/camstream.txt > /run/vboard/no-rtsp.txt && \
+         mount --bind /run/vboard/no-rtsp.txt /boot/camstream.txt && \
+         systemctl restart camstream-firstboot.service && systemctl reset-failed camstream.service; \
+         systemctl restart camstream.service",
+    );
+    let mut errors = Vec::new();
+    let boot_options = b.sh("findmnt -n -o OPTIONS /boot");
+    b.sh("sync");
+    // Read from the BOOT disk on the host, as the owner's PC would.
+    let boot_disk = b.run.join("disks/boot.img");
+    let note = Command::new("mtype")
+        .arg("-i")
+        .arg(&boot_disk)
+        .arg("::camstream-credentials.txt")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    eprintln!("BOOT/camstream-credentials.txt:\n{note}");
+    let field = |k: &str| {
+        note.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let (user, password) = (field("user:"), field("password:"));
+    let secrets =
+        b.sh("stat -c '%a %U %n' /data/camstream/site.toml /data/camstream/rtsp-password");
+    if user.is_empty() || password.len() < 16 {
+        errors.push(format!("no credentials on the BOOT disk: {note:?}"));
+    }
+    if !boot_options.split(',').any(|o| o == "ro") {
+        errors.push(format!("/boot left {boot_options}"));
+    }
+    for want in [
+        "600 camstream /data/camstream/site.toml",
+        "600 root /data/camstream/rtsp-password",
+    ] {
+        if !secrets.lines().any(|l| l == want) {
+            errors.push(format!("expected {want:?}: {secrets}"));
+        }
+    }
+    let url = format!(
+        "rtsp://{user}:{password}@127.0.0.1:{}/live",
+        b.plain_url()
+            .trim_start_matches("rtsp://127.0.0.1:")
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    let t0 = Instant::now();
+    let mut with = Err(String::new());
+    while t0.elapsed() < Duration::from_secs(90) {
+        with = probe_frame(&url);
+        if with.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if let Err(e) = &with {
+        errors.push(format!("no stream with the generated credentials: {e}"));
+    }
+    match probe_frame(&b.plain_url()) {
+        Ok(_) => errors.push("the stream plays without credentials".into()),
+        Err(e) if e.contains("401") => {}
+        Err(e) => errors.push(format!("unexpected error without credentials: {e}")),
+    }
+    // Put the card back.
+    b.sh(
+        "umount /boot/camstream.txt && systemctl restart camstream-firstboot.service && \
+         systemctl reset-failed camstream.service; systemctl restart camstream.service",
+    );
+    if let Err(e) = b.wait_stream(Duration::from_secs(90)) {
+        errors.push(format!("no stream with the card's credentials again: {e}"));
+    }
+    assert!(
+        errors.is_empty(),
+        "closed by default:\n{}",
+        errors.join("\n")
+    );
+}
+
 #[test]
 fn c1_camera_yuyv() {
     camera_case(
