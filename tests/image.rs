@@ -81,7 +81,8 @@ fn firstboot_turns_camstream_txt_into_settings() {
     std::fs::write(
         &txt,
         "# settings\r\ndevice_id = tj01\r\nsignal_url=https://signal.example.com\r\n\
-         signal_token=s3cr\"t\r\nuplink_url=rtsps://media.example.com:8322/channel/{path}\r\n\
+         signal_token=s3cr\"t\r\nsignal_viewer_secret=0123456789abcdef!\r\n\
+         signal_device_key=ab12\r\nuplink_url=rtsps://media.example.com:8322/channel/{path}\r\n\
          uplink_user=cam\r\nuplink_password=p\"w\\d\r\n#wifi_ssid=ignored\r\n\
          wifi_ssid=My \"Net\"\r\nwifi_psk=pass phrase\r\nwifi_country=DE\r\n\
          modem_apn=internet.example\r\nmodem_pin=1234\r\n",
@@ -97,6 +98,15 @@ fn firstboot_turns_camstream_txt_into_settings() {
         Some("https://signal.example.com")
     );
     assert_eq!(t["signal"]["token"].as_str(), Some("s3cr\"t"));
+    assert_eq!(
+        t["signal"]["viewer_secret"].as_str(),
+        Some("0123456789abcdef!")
+    );
+    assert_eq!(t["signal"]["device_key"].as_str(), Some("ab12"));
+    assert!(
+        t["signal"].get("open").is_none(),
+        "open without signal_open"
+    );
     assert_eq!(t["uplink"]["password"].as_str(), Some("p\"w\\d"));
     let (ok, err) = check(&[Path::new(IMAGE_SETTINGS), &site]);
     assert!(ok, "the daemon refuses the generated settings: {err}");

@@ -223,6 +223,8 @@ fn camera_case(tag: &str, settings: &str, dev: &str, fourcc: &str, feed: Option<
         );
         b.sh(&format!("vboard-feed start {kind}"));
     }
+    // The previous run's files are finished before the mark: only this run's are counted.
+    b.sh("systemctl stop camstream.service");
     let since = now_epoch() - 1.0;
     mark_recordings(&b, tag);
     b.configure(settings);
@@ -330,7 +332,9 @@ fn b_first_boot_settings() {
         ));
     }
     // The signal URL reached the daemon.
-    let j = b.exec("journalctl -b -u camstream.service --no-pager -o cat | grep -m1 -i 'signal'");
+    let j = b.exec(
+        "journalctl -b -u camstream.service --no-pager -o cat | grep -m1 'remote viewing: signalling at'",
+    );
     if !j.stdout.contains("http://127.0.0.1:9") {
         errors.push(format!(
             "signal_url from camstream.txt not used by the daemon: {:?}",
