@@ -502,10 +502,18 @@ fn retry_uplink(st: &Shared, why: &str) {
     glib::timeout_add_local_once(delay, move || try_uplink(&st, false));
 }
 
+/// The viewers whose lease runs.
+fn watchers(s: &State) -> impl Iterator<Item = &String> {
+    let now = Instant::now();
+    s.viewers
+        .iter()
+        .filter(move |(_, t)| **t > now)
+        .map(|(v, _)| v)
+}
+
 /// Whether any viewer's lease runs.
 fn watching(s: &State) -> bool {
-    let now = Instant::now();
-    s.viewers.values().any(|t| *t > now)
+    watchers(s).next().is_some()
 }
 
 /// A command from the signalling thread. Main-loop thread.
@@ -550,13 +558,7 @@ fn on_uplink_live(st: &Shared, generation: u64) {
         return;
     };
     log::info!("uplink: live at path {path}");
-    let now = Instant::now();
-    let to = s
-        .viewers
-        .iter()
-        .filter(|(_, t)| **t > now)
-        .map(|(v, _)| v.clone())
-        .collect();
+    let to = watchers(s).cloned().collect();
     if let Some(tx) = &s.bridge_tx {
         let _ = tx.try_send(signal::Bridge { path, to });
     }

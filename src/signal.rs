@@ -89,6 +89,15 @@ fn token_and_viewer(args: &[Value], routed: bool) -> (Option<&str>, String) {
     (token, viewer)
 }
 
+/// An answer's arguments, with camstream-signal's routing argument `{"to": [ids]}` last when
+/// the viewers are known; for anonymous viewers (an empty id) it goes without, to everyone.
+fn addressed(mut args: Vec<Value>, to: &[String]) -> Payload {
+    if !to.is_empty() && to.iter().all(|v| !v.is_empty()) {
+        args.push(json!({ "to": to }));
+    }
+    Payload::Text(args)
+}
+
 impl Handler {
     fn drop_event(&self, why: &str) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -100,14 +109,11 @@ impl Handler {
 
     /// Until when this viewer may watch from now: its lease, cut at its token's expiry.
     fn until(&self, grant: &Grant) -> Instant {
-        let lease_end = Instant::now() + self.lease;
-        match grant.expires {
-            Some(t) => {
-                let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-                lease_end.min(Instant::now() + left)
-            }
-            None => lease_end,
-        }
+        let left = grant.expires.map_or(self.lease, |t| {
+            let to_expiry = t.duration_since(SystemTime::now()).unwrap_or_default();
+            self.lease.min(to_expiry)
+        });
+        Instant::now() + left
     }
 
     fn watch(&self, viewer: &str, grant: &Grant, asked: bool) {
@@ -214,18 +220,11 @@ impl Handler {
             "heartbeatping" => {
                 // Its own lease only: a viewer let in before, or a heartbeat that carries a
                 // valid token (a viewer that kept watching through a device restart).
-                let grant = match self.known(&viewer) {
-                    Some(g) => Some(g),
-                    None => self.admit(&viewer, token),
-                };
+                let grant = self.known(&viewer).or_else(|| self.admit(&viewer, token));
                 let Some(grant) = grant else { return };
                 self.watch(&viewer, &grant, false);
-                let args = if viewer.is_empty() {
-                    vec![]
-                } else {
-                    vec![json!({ "to": viewer })]
-                };
-                if let Err(e) = socket.emit("heartbeatpong", Payload::Text(args)).await {
+                let pong = addressed(vec![], std::slice::from_ref(&viewer));
+                if let Err(e) = socket.emit("heartbeatpong", pong).await {
                     log::warn!("signal: cannot answer heartbeat: {e}");
                 }
             }
@@ -360,11 +359,10 @@ pub fn spawn(
                 while let Some(Bridge { path, to }) = from_main.recv().await {
                     log::info!("signal: bridge {path}");
                     // Seed viewers read the first argument only.
-                    let mut args = vec![json!(path)];
-                    if !to.is_empty() && to.iter().all(|v| !v.is_empty()) {
-                        args.push(json!({ "to": to }));
-                    }
-                    if let Err(e) = client.emit("bridge", Payload::Text(args)).await {
+                    if let Err(e) = client
+                        .emit("bridge", addressed(vec![json!(path)], &to))
+                        .await
+                    {
                         log::warn!("signal: cannot emit bridge: {e}");
                     }
                 }

@@ -19,8 +19,7 @@ fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
     let file = dir.join("device-secret");
     std::fs::write(&file, format!("{SECRET}\n")).unwrap();
     let f = file.to_str().unwrap().to_string();
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("signal/target/debug/camstream-signal");
-    let out = Command::new(&bin)
+    let out = Command::new(camstream_signal_bin())
         .args(["--device-secret-file", &f, "device-key", device])
         .output()
         .expect("camstream-signal device-key");
@@ -31,6 +30,14 @@ fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
         camstream_signal_with(port, &["--device-secret-file", &f]),
         key,
     )
+}
+
+/// The device with these `[signal]` keys, once it has found its room on the relay.
+fn device(tag: &str, relay_port: u16, media_push: u16, signal: &str) -> Device {
+    let cfg = device_config_signal(free_port(), relay_port, media_push, signal, "");
+    let dev = Device::start(tag, &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+    dev
 }
 
 /// Events a viewer received, by name.
@@ -90,12 +97,7 @@ fn closed_relay_a_viewer_without_token_and_a_false_device_learn_nothing() {
     let (_relay, key) = closed_relay(relay_port, &dir, "test01");
     let media = media_standin(free_port());
     let signal = format!("token = \"s3cret\"\ndevice_key = \"{key}\"");
-    let dev = Device::start(
-        "access-closed",
-        &device_config_signal(free_port(), relay_port, media.push, &signal, ""),
-        &[],
-    );
-    dev.wait_log("signal: create room", Duration::from_secs(10));
+    let dev = device("access-closed", relay_port, media.push, &signal);
 
     // Members that are not let in: a viewer without a token and two sockets claiming the device
     // id with wrong keys.
@@ -168,12 +170,7 @@ fn strangers_heartbeats(closed: bool) {
         (relay(relay_port), "token = \"s3cret\"".to_string())
     };
     let media = media_standin(free_port());
-    let dev = Device::start(
-        "access-lease",
-        &device_config_signal(free_port(), relay_port, media.push, &signal, ""),
-        &[],
-    );
-    dev.wait_log("signal: create room", Duration::from_secs(10));
+    let dev = device("access-lease", relay_port, media.push, &signal);
     // The stranger heartbeats every 300 ms for the whole test.
     let _stranger = viewer_with(relay_port, "test01", 300, &[]);
     let owner = viewer_with(
@@ -225,15 +222,12 @@ fn signed_viewer_tokens_expire_and_forgeries_are_refused() {
     let relay_port = free_port();
     let _relay = camstream_signal(relay_port);
     let media = media_standin(free_port());
-    let cfg = device_config_signal(
-        free_port(),
+    let dev = device(
+        "access-signed",
         relay_port,
         media.push,
         &format!("viewer_secret = \"{VIEWER_SECRET}\""),
-        "",
     );
-    let dev = Device::start("access-signed", &cfg, &[]);
-    dev.wait_log("signal: create room", Duration::from_secs(10));
     let cfg_file = dev.dir.join("camstream.toml");
     let mint = |extra: &[&str]| {
         let out = Command::new(BIN)
@@ -308,12 +302,7 @@ fn closed_by_default_nobody_watches_without_a_rule() {
     let relay_port = free_port();
     let _relay = relay(relay_port);
     let media = media_standin(free_port());
-    let dev = Device::start(
-        "access-default",
-        &device_config_signal(free_port(), relay_port, media.push, "", ""),
-        &[],
-    );
-    dev.wait_log("signal: create room", Duration::from_secs(10));
+    let dev = device("access-default", relay_port, media.push, "");
     assert!(dev.log_text().contains("nobody can watch"));
     let v = viewer(relay_port, "test01", 300, None);
     assert!(

@@ -92,17 +92,8 @@ fn play_flood(url: &str, threads: usize, until: Instant) -> usize {
             std::thread::spawn(move || {
                 let mut played = 0;
                 while Instant::now() < until {
-                    let p = gst::parse::launch(&format!(
-                        "rtspsrc location={url} protocols=tcp latency=0 ! rtph264depay ! appsink name=out sync=false"
-                    ))
-                    .unwrap()
-                    .downcast::<gst::Pipeline>()
-                    .unwrap();
-                    let sink = p
-                        .by_name("out")
-                        .unwrap()
-                        .downcast::<gst_app::AppSink>()
-                        .unwrap();
+                    // No decoder: the flood is about PLAYs, not this machine's CPU.
+                    let (p, sink) = rtsp_client(&url, "tcp", "");
                     p.set_state(gst::State::Playing).unwrap();
                     if sink
                         .try_pull_sample(gst::ClockTime::from_seconds(5))

@@ -356,6 +356,13 @@ fn b_first_boot_settings() {
     assert!(errors.is_empty(), "first boot:\n{}", errors.join("\n"));
 }
 
+/// An error unless `out` has the line `want`.
+fn expect_line(out: &str, want: &str, place: &str, errors: &mut Vec<String>) {
+    if !out.lines().any(|l| l == want) {
+        errors.push(format!("expected {want:?} {place}"));
+    }
+}
+
 /// "key=value" lines of `systemctl show` into pairs.
 fn show_props(text: &str) -> Vec<(String, String)> {
     text.lines()
@@ -455,9 +462,7 @@ fn a2_service_sandbox() {
         "daemon: site.toml readable",
         "600 camstream /data/camstream/site.toml",
     ] {
-        if !fs.stdout.lines().any(|l| l == want) {
-            errors.push(format!("expected {want:?} from the daemon's view"));
-        }
+        expect_line(&fs.stdout, want, "from the daemon's view", &mut errors);
     }
     if fs.stdout.contains("/tmp shared") {
         errors.push("the daemon's /tmp is the system's".into());
@@ -476,9 +481,12 @@ fn a2_service_sandbox() {
         "/dev/vda denied",
         "/dev/null opens",
     ] {
-        if !dev.stdout.lines().any(|l| l == want) {
-            errors.push(format!("expected {want:?} inside the service's cgroup"));
-        }
+        expect_line(
+            &dev.stdout,
+            want,
+            "inside the service's cgroup",
+            &mut errors,
+        );
     }
     // The card's settings have credentials: no warning.
     let j =

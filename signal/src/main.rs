@@ -191,13 +191,12 @@ fn own_room(id: &str) -> String {
     format!("socket:{id}")
 }
 
-/// The rooms a socket found (not its own room, not a device room).
+/// The rooms a socket found (not its own room, not a device room: those hold a ':').
 fn found_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<String> {
-    let own = s.id.to_string();
     s.rooms()
         .into_iter()
         .map(|r| r.to_string())
-        .filter(|r| *r != own && !r.contains(':'))
+        .filter(|r| !r.contains(':'))
         .collect()
 }
 

@@ -177,9 +177,15 @@ pub struct ClientStats {
 
 /// A decoding RTSP client, not started: rtspsrc → depay → avdec_h264 → the appsink returned.
 pub fn decoding_client(url: &str, protocols: &str) -> (gst::Pipeline, gst_app::AppSink) {
+    rtsp_client(url, protocols, "h264parse ! avdec_h264 ! ")
+}
+
+/// An RTSP client, not started: rtspsrc → depay → `tail` (elements, each followed by "! ") →
+/// the appsink returned.
+pub fn rtsp_client(url: &str, protocols: &str, tail: &str) -> (gst::Pipeline, gst_app::AppSink) {
     gst::init().unwrap();
     let p = gst::parse::launch(&format!(
-        "rtspsrc location={url} protocols={protocols} latency=0 ! rtph264depay ! h264parse ! avdec_h264 ! appsink name=out sync=false"
+        "rtspsrc location={url} protocols={protocols} latency=0 ! rtph264depay ! {tail}appsink name=out sync=false"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()

@@ -78,14 +78,19 @@ pub fn camstream_signal(port: u16) -> Peer {
     camstream_signal_with(port, &[])
 }
 
-pub fn camstream_signal_with(port: u16, args: &[&str]) -> Peer {
+/// The relay's binary (built from signal/ by scripts/test).
+pub fn camstream_signal_bin() -> PathBuf {
     let bin =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("signal/target/debug/camstream-signal");
     assert!(
         bin.exists(),
         "build it first: cargo build --manifest-path signal/Cargo.toml"
     );
-    let mut c = Command::new(bin);
+    bin
+}
+
+pub fn camstream_signal_with(port: u16, args: &[&str]) -> Peer {
+    let mut c = Command::new(camstream_signal_bin());
     c.arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .args(args);
