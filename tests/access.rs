@@ -14,8 +14,8 @@ use common::*;
 const SECRET: &str = "relay-secret-0123456789";
 const VIEWER_SECRET: &str = "viewer-secret-0123456789";
 
-/// camstream-signal, closed, and the device key of `device` under it.
-fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
+/// The relay's device secret in a file under `dir`, and the device key of `device` under it.
+fn device_secret(dir: &Path, device: &str) -> (String, String) {
     let file = dir.join("device-secret");
     std::fs::write(&file, format!("{SECRET}\n")).unwrap();
     let f = file.to_str().unwrap().to_string();
@@ -26,6 +26,12 @@ fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
     assert!(out.status.success(), "{out:?}");
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(key.len(), 64, "device key {key:?}");
+    (f, key)
+}
+
+/// camstream-signal, closed, and the device key of `device` under it.
+fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
+    let (f, key) = device_secret(dir, device);
     (
         camstream_signal_with(port, &["--device-secret-file", &f]),
         key,
@@ -59,6 +65,21 @@ fn text(p: &Peer) -> String {
         .map(|(_, l)| l.as_str())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A member that was not let in received none of the device's or viewers' events, and neither
+/// the token ("s3cret") nor the session's path.
+fn assert_learned_nothing(who: &str, p: &Peer, path: &str) {
+    let got = events(p);
+    let t = text(p);
+    for leaked in ["bridge", "auth", "heartbeatping", "heartbeatpong"] {
+        assert!(
+            !got.iter().any(|e| e == leaked),
+            "{who} received `{leaked}`:\n{t}"
+        );
+    }
+    assert!(!t.contains("s3cret"), "{who} learned the token:\n{t}");
+    assert!(!t.contains(path), "{who} learned the path:\n{t}");
 }
 
 /// A signed viewer token made here, independently of the device's code (Node's crypto).
@@ -139,16 +160,7 @@ fn closed_relay_a_viewer_without_token_and_a_false_device_learn_nothing() {
         ("false device", &false_dev),
         ("squatter", &squatter),
     ] {
-        let got = events(p);
-        let t = text(p);
-        for leaked in ["bridge", "auth", "heartbeatping", "heartbeatpong"] {
-            assert!(
-                !got.iter().any(|e| e == leaked),
-                "{who} received `{leaked}`:\n{t}"
-            );
-        }
-        assert!(!t.contains("s3cret"), "{who} learned the token:\n{t}");
-        assert!(!t.contains(&path), "{who} learned the path:\n{t}");
+        assert_learned_nothing(who, p, &path);
     }
     // The device heard the stranger and refused it; nobody else got the device's answers.
     assert!(
@@ -311,4 +323,44 @@ fn closed_by_default_nobody_watches_without_a_rule() {
         dev.log_text()
     );
     assert!(!dev.log_text().contains("uplink: pushing to"));
+}
+
+#[test]
+fn closed_relay_routes_across_two_redis_nodes() {
+    let dir = temp_dir("access-redis");
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port);
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let (f, key) = device_secret(&dir, "test01");
+    let (a, b) = (free_port(), free_port());
+    let args = ["--redis", &url, "--device-secret-file", &f];
+    let _node_a = camstream_signal_with(a, &args);
+    let _node_b = camstream_signal_with(b, &args);
+    let media = media_standin(free_port());
+    // The device on node B; the owner, a stranger and a false device on node A.
+    let signal = format!("token = \"s3cret\"\ndevice_key = \"{key}\"");
+    let dev = device("access-redis", b, media.push, &signal);
+    let stranger = viewer_with(a, "test01", 300, &[]);
+    let false_dev = viewer_with(a, "test01", 300, &["--find-key", &"0".repeat(64)]);
+    false_dev
+        .wait_for("\"refused\"", Duration::from_secs(10))
+        .expect("a wrong device key is refused on the other node");
+    stranger
+        .wait_for("\"join\"", Duration::from_secs(10))
+        .expect("the device on node B is online for a viewer on node A");
+    let owner = viewer_with(a, "test01", 500, &["--token", "s3cret"]);
+    let (_, line) = owner
+        .wait_for("\"bridge\"", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no bridge across nodes:\n{}", dev.log_text()));
+    let path = bridge_path(&line);
+    owner
+        .wait_for("\"heartbeatpong\"", Duration::from_secs(5))
+        .expect("heartbeatpong across nodes");
+    std::thread::sleep(Duration::from_secs(2));
+    for (who, p) in [
+        ("viewer without token", &stranger),
+        ("false device", &false_dev),
+    ] {
+        assert_learned_nothing(who, p, &path);
+    }
 }

@@ -341,28 +341,6 @@ fn two_relay_nodes_share_rooms_through_redis() {
     drop(redis);
 }
 
-fn start_redis(port: u16) -> Peer {
-    let mut c = Command::new("redis-server");
-    c.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
-    let redis = Peer::spawn(c);
-    assert!(
-        redis
-            .wait_for("Ready to accept connections", Duration::from_secs(10))
-            .is_some(),
-        "redis-server did not start"
-    );
-    redis
-}
-
 /// Production runs on TLS: the relay over HTTPS/WSS and the push over RTSPS, both with a
 /// certificate from a private authority the device is told to trust.
 #[test]

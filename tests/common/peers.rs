@@ -262,3 +262,26 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     assert!(ok, "openssl could not make a certificate");
     (cert, key)
 }
+
+/// A throwaway redis-server on 127.0.0.1 (no persistence).
+pub fn start_redis(port: u16) -> Peer {
+    let mut c = Command::new("redis-server");
+    c.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let redis = Peer::spawn(c);
+    assert!(
+        redis
+            .wait_for("Ready to accept connections", Duration::from_secs(10))
+            .is_some(),
+        "redis-server did not start"
+    );
+    redis
+}
