@@ -151,7 +151,10 @@ pub fn keep_interval(encoder: &gst::Element, interval: gst::ClockTime) {
         };
         let pts = pts.nseconds();
         let previous = last.load(Ordering::Relaxed);
-        if previous == u64::MAX || pts < previous || forced.swap(false, Ordering::Relaxed) {
+        // Cleared on every frame, the first included: a request that came before the first
+        // frame is spent on it, and must not move the count to the frame after.
+        let was_forced = forced.swap(false, Ordering::Relaxed);
+        if previous == u64::MAX || pts < previous || was_forced {
             // First frame (the encoder starts with a keyframe anyway), a new segment, or a
             // keyframe a request just forced.
             last.store(pts, Ordering::Relaxed);
@@ -214,5 +217,61 @@ mod tests {
         }
         assert!(forced <= 20_000 / interval + 2, "{forced} keyframes forced");
         assert!(b.granted >= 1 && b.refused > 1000, "{b:?}");
+    }
+
+    /// Keyframe timestamps (ms) an x264 encoder under `keep_interval` makes for frames at
+    /// `pts_ms`, after a keyframe request that came before the first frame.
+    fn keyframes_for(pts_ms: &[u64]) -> Vec<u64> {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "appsrc name=src format=time caps=video/x-raw,format=I420,width=64,height=64,framerate=0/1 \
+             ! x264enc name=encoder tune=zerolatency key-int-max=1000 ! appsink name=out sync=false",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let encoder = pipeline.by_name("encoder").unwrap();
+        keep_interval(&encoder, gst::ClockTime::from_mseconds(500));
+        let src = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        let out = pipeline
+            .by_name("out")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        // A branch attached before any frame asks for a keyframe, as the recording does.
+        crate::branch::request_keyframe(&out.static_pad("sink").unwrap());
+        for &ms in pts_ms {
+            let mut buf = gst::Buffer::from_mut_slice(vec![128u8; 64 * 64 * 3 / 2]);
+            buf.get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(ms));
+            src.push_buffer(buf).unwrap();
+        }
+        src.end_of_stream().unwrap();
+        let mut keys = Vec::new();
+        while let Some(sample) = out.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+            let buf = sample.buffer().unwrap();
+            if !buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                keys.push(buf.pts().unwrap().mseconds());
+            }
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        // x264enc shifts every timestamp by the same offset (room for its DTS).
+        let first = keys.first().copied().unwrap_or(0);
+        keys.iter().map(|k| k - first).collect()
+    }
+
+    #[test]
+    fn a_request_before_the_first_frame_does_not_push_the_next_keyframe_back() {
+        // The second frame comes late (frames dropped before the encoder at start-up): the
+        // periodic count still runs from the first frame, the keyframe the request was spent on.
+        let mut pts = vec![0];
+        pts.extend((300..=1000).step_by(50));
+        assert_eq!(keyframes_for(&pts)[..2], [0, 500]);
     }
 }
