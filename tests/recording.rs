@@ -457,3 +457,45 @@ fn an_overloaded_encoder_drops_are_reported_and_keyframes_stay_in_time() {
     std::fs::remove_dir_all(dir).ok();
     std::fs::remove_dir_all(profiles).ok();
 }
+
+#[test]
+fn a_corrupt_boot_counter_goes_on_after_the_recordings_on_the_card() {
+    let dir = temp_dir("rec-boot");
+    std::fs::write(dir.join(".camstream-boot"), b"garbage").unwrap();
+    // A recording of boot 41 left by an earlier run: any bytes under a name this device writes.
+    std::fs::create_dir_all(dir.join("unsynced")).unwrap();
+    let old = dir.join("unsynced/test01_unsynced_0041-000001.mp4");
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&old, &bytes).unwrap();
+    let cfg = recording_config(free_port(), &dir, "segment_seconds = 1\nmin_free = 0");
+    let mut dev = Device::start("rec-boot", &cfg, &[]);
+    dev.wait_log("recording: segment", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = dev.stop(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let log = dev.log_text();
+    let new: Vec<_> = mp4_files(&dir).into_iter().filter(|p| *p != old).collect();
+    assert!(!new.is_empty(), "{log}");
+    for f in &new {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let boot = name
+            .rsplit_once('_')
+            .and_then(|(_, seq)| seq.split_once('-'))
+            .map(|(boot, _)| boot.to_string());
+        assert_eq!(boot.as_deref(), Some("0042"), "{}", f.display());
+        assert!(!frame_times(f).is_empty(), "{} does not play", f.display());
+    }
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        bytes,
+        "the boot 41 file changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".camstream-boot"))
+            .unwrap()
+            .trim(),
+        "42"
+    );
+    assert!(log.contains(".camstream-boot is corrupt"), "{log}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -7,6 +7,7 @@
 //! Fragmented MP4 was measured too and lost about two GOPs (mp4mux starts fragments only at
 //! keyframes, on top of the GOP splitmuxsink holds): 2.6 s at a 1 s keyframe interval.
 
+pub mod boot;
 pub mod list;
 pub mod mp4;
 pub mod naming;
@@ -80,21 +81,10 @@ pub fn description(cfg: &crate::config::RecordingConfig) -> String {
     )
 }
 
-/// Reads, increments and durably stores the boot counter kept in the recording directory.
-fn next_boot(dir: &Path) -> Result<u32> {
-    let path = dir.join(".camstream-boot");
-    let last: u32 = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().unwrap_or(0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let boot = last % 9999 + 1;
-    let tmp = dir.join(".camstream-boot.tmp");
-    std::fs::write(&tmp, format!("{boot}\n"))
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("recording directory {} is not writable", dir.display()))?;
-    Ok(boot)
+/// The boot number of this run: see `boot` for why it comes from the card as well as the
+/// counter file, and never wraps.
+fn next_boot(dir: &Path, device: &str) -> Result<u32> {
+    boot::next_boot(dir, device)
 }
 
 /// Makes sure `dir` exists and can take files.
@@ -298,7 +288,7 @@ impl Recorder {
     pub fn attach(&mut self, pipeline: &gst::Pipeline, tee: &gst::Element) -> Result<()> {
         prepare_dir(&self.shared.dir)?;
         if self.shared.boot.load(Ordering::SeqCst) == 0 {
-            let boot = next_boot(&self.shared.dir)?;
+            let boot = next_boot(&self.shared.dir, &self.shared.device)?;
             self.shared.boot.store(boot.max(1), Ordering::SeqCst);
         }
         let bin = self.build()?;
@@ -355,16 +345,48 @@ impl Recorder {
 
 impl Shared {
     /// Names the next file, creates its directory and queues retention. Streaming thread.
+    ///
+    /// filesink truncates whatever is at the path it is given, so a name already taken (a file
+    /// left by another run under the same boot number, or by anything else) is skipped for the
+    /// next segment number. The search is bounded to keep this cheap on the streaming thread:
+    /// after `naming::NAME_TRIES` taken names the answer is the empty path, which filesink
+    /// refuses ("No file name specified for writing"). Recording then stops with an error and is
+    /// retried later, from the segment numbers after those tried, and nothing is overwritten.
     fn open_segment(&self, age: Duration) -> PathBuf {
-        let seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
-        let name = SegmentName {
-            id: SegmentId {
-                boot: self.boot.load(Ordering::SeqCst),
-                segment: seq,
-            },
-            start: naming::wall_clock_at(age),
+        let boot = self.boot.load(Ordering::SeqCst);
+        let start = naming::wall_clock_at(age);
+        let mut free = None;
+        let mut skipped = 0;
+        for _ in 0..naming::NAME_TRIES {
+            let seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
+            let name = SegmentName {
+                id: SegmentId { boot, segment: seq },
+                start,
+            };
+            let path = self.dir.join(naming::relative_path(&self.device, &name));
+            // Not `exists`: a dangling symlink is taken too (filesink would follow it).
+            if std::fs::symlink_metadata(&path).is_err() {
+                free = Some(path);
+                break;
+            }
+            skipped += 1;
+        }
+        if skipped > 0 {
+            log::warn!("recording: {skipped} file names of boot {boot} already taken, skipped");
+        }
+        let Some(path) = free else {
+            log::error!(
+                "recording: no free file name in {} after {} tries; pausing rather than overwriting",
+                self.dir.display(),
+                naming::NAME_TRIES
+            );
+            // No file of this run is being written: the error that follows must not remove the
+            // previous one.
+            if let Ok(mut c) = self.current.lock() {
+                *c = None;
+            }
+            return PathBuf::new();
         };
-        let path = self.dir.join(naming::relative_path(&self.device, &name));
         if let Some(parent) = path.parent() {
             // The card may have been emptied or replaced: recreate the layout each time.
             if let Err(e) = std::fs::create_dir_all(parent) {

@@ -12,6 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Any time before this (2023-11-14) means the clock has not been set since boot.
 const CLOCK_SET_AFTER: u64 = 1_700_000_000;
 
+/// How many segment numbers a new file tries before giving up on finding a name not yet taken.
+pub const NAME_TRIES: u32 = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SegmentId {
     pub boot: u32,
@@ -192,6 +195,34 @@ mod tests {
         );
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn boot_numbers_grow_past_four_digits() {
+        for (boot, file) in [
+            (9999, "cam01_unsynced_9999-000001.mp4"),
+            (10000, "cam01_unsynced_10000-000001.mp4"),
+            (u32::MAX, "cam01_unsynced_4294967295-000001.mp4"),
+        ] {
+            let n = SegmentName {
+                id: SegmentId { boot, segment: 1 },
+                start: None,
+            };
+            assert_eq!(relative_path("cam01", &n), Path::new("unsynced").join(file));
+            assert_eq!(parse("cam01", file), Some(n));
+        }
+        // Ordered by number, not by name.
+        assert!(
+            SegmentId {
+                boot: 10000,
+                segment: 1
+            } > SegmentId {
+                boot: 9999,
+                segment: 999_999
+            }
+        );
+        // Past u32: not a name of ours.
+        assert_eq!(parse("cam01", "cam01_unsynced_4294967296-000001.mp4"), None);
     }
 
     #[test]

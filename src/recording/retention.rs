@@ -25,11 +25,12 @@ pub struct Policy {
     pub reserve: u64,
 }
 
-/// Every recording of `device` under `dir`, oldest first. Symlinks are not followed.
+/// Every recording of `device` under `dir`, oldest first: by boot and segment number as numbers
+/// (boot 10000 follows boot 9999), then by path for the same pair. Symlinks are not followed.
 pub fn scan(dir: &Path, device: &str) -> Vec<Recording> {
     let mut out = Vec::new();
     walk(dir, dir, device, 0, &mut out);
-    out.sort_by_key(|r| r.name.id);
+    out.sort_by(|a, b| a.name.id.cmp(&b.name.id).then_with(|| a.path.cmp(&b.path)));
     out
 }
 
