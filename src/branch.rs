@@ -1,7 +1,22 @@
 //! Attaching and detaching consumer branches on a running tee without disturbing the others.
+//!
+//! A detached branch is retired, not forgotten: it stays in the pipeline until its elements
+//! have stopped, which for an rtspclientsink on a stalled link can take its whole TCP timeout,
+//! and an error it posts meanwhile must be told apart from one of the branch that replaced it.
+//! So every bin gets a name of its own (`uplink-7`), and retired bins are listed here until
+//! they have left the pipeline.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
 use gst::prelude::*;
+
+/// Bins detached from their tee and not yet out of the pipeline.
+static RETIRED: Mutex<Vec<gst::Bin>> = Mutex::new(Vec::new());
+
+/// Numbers the bins attached, so that no two share a name in the pipeline.
+static ATTACHED: AtomicU64 = AtomicU64::new(0);
 
 /// A bin hanging off a tee request pad.
 #[derive(Debug, Clone)]
@@ -59,14 +74,24 @@ pub fn contains(bin: &gst::Bin, obj: &gst::Object) -> bool {
     obj == bin.upcast_ref::<gst::Object>() || obj.has_as_ancestor(bin)
 }
 
-/// Whether a bus message source belongs to the attached branch or to the last failed one (kept
-/// alive so that its late messages can still be traced: a disposed bin unparents its children).
-pub fn owned_by(attached: Option<&Branch>, failed: Option<&gst::Bin>, obj: &gst::Object) -> bool {
-    attached
-        .map(|b| &b.bin)
-        .into_iter()
-        .chain(failed)
-        .any(|b| contains(b, obj))
+/// Whether a bus message source belongs to the attached branch.
+pub fn owned_by(attached: Option<&Branch>, obj: &gst::Object) -> bool {
+    attached.is_some_and(|b| contains(&b.bin, obj))
+}
+
+/// The name of the retired bin `obj` lives in, if any: its late messages are only reported.
+pub fn retired(obj: &gst::Object) -> Option<String> {
+    RETIRED
+        .lock()
+        .ok()?
+        .iter()
+        .find(|b| contains(b, obj))
+        .map(|b| b.name().to_string())
+}
+
+/// How many retired bins have not left the pipeline yet.
+pub fn retired_count() -> usize {
+    RETIRED.lock().map(|r| r.len()).unwrap_or(0)
 }
 
 /// Adds `bin` to `pipeline` and links it to a new request pad of `tee`.
@@ -80,7 +105,12 @@ pub fn attach(
     bin: gst::Bin,
     keyframe: bool,
 ) -> Result<Branch> {
-    let name = bin.name().to_string();
+    let name = format!(
+        "{}-{}",
+        bin.name(),
+        ATTACHED.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    bin.set_property("name", &name);
     let sink = bin
         .static_pad("sink")
         .ok_or_else(|| anyhow!("{name} has no sink pad"))?;
@@ -88,8 +118,7 @@ pub fn attach(
     // Running before linked: data must not reach elements that are still changing state (a
     // muxer or sink created on the first buffer would otherwise stay PAUSED and block).
     if bin.sync_state_with_parent().is_err() {
-        let _ = bin.set_state(gst::State::Null);
-        let _ = pipeline.remove(&bin);
+        retire(pipeline, &bin);
         return Err(anyhow!("{name} failed to start"));
     }
     let tee_pad = tee
@@ -126,17 +155,43 @@ pub fn request_keyframe(sink_pad: &gst::Pad) {
     sink_pad.push_event(ev);
 }
 
-/// Releases a branch that is already unlinked or never flowed.
-/// Runs on the main-loop thread: a state change must not happen in a streaming thread.
+/// Releases a branch that is already unlinked or never flowed. Main-loop thread (releasing a
+/// tee pad there); stopping the bin, which may block, happens on a thread of its own.
 fn discard(pipeline: &gst::Pipeline, tee: &gst::Element, branch: &Branch) {
     tee.release_request_pad(&branch.tee_pad);
-    let _ = branch.bin.set_state(gst::State::Null);
-    let _ = pipeline.remove(&branch.bin);
+    retire(pipeline, &branch.bin);
+}
+
+/// Stops `bin` and takes it out of `pipeline` off the calling thread, keeping it listed as
+/// retired until it is out.
+fn retire(pipeline: &gst::Pipeline, bin: &gst::Bin) {
+    if let Ok(mut r) = RETIRED.lock() {
+        if !r.contains(bin) {
+            r.push(bin.clone());
+        }
+    }
+    let (pipeline, bin) = (pipeline.clone(), bin.clone());
+    crate::offload::detached("retire-branch", move || {
+        let started = std::time::Instant::now();
+        let _ = bin.set_state(gst::State::Null);
+        let _ = pipeline.remove(&bin);
+        if let Ok(mut r) = RETIRED.lock() {
+            r.retain(|b| b != &bin);
+        }
+        log::debug!(
+            "branch {} removed ({} ms to stop)",
+            bin.name(),
+            started.elapsed().as_millis()
+        );
+    });
 }
 
 /// Detaches a branch between two buffers: an IDLE probe unlinks it (in whichever thread the tee
-/// pad is idle in) and the main loop then stops and removes it.
+/// pad is idle in) and the main loop then releases its tee pad; the bin is retired.
 pub fn detach(pipeline: &gst::Pipeline, tee: &gst::Element, branch: Branch) {
+    if let Ok(mut r) = RETIRED.lock() {
+        r.push(branch.bin.clone());
+    }
     let pipeline = pipeline.downgrade();
     let tee = tee.downgrade();
     let pad = branch.tee_pad.clone();
@@ -149,7 +204,6 @@ pub fn detach(pipeline: &gst::Pipeline, tee: &gst::Element, branch: Branch) {
         glib::idle_add_once(move || {
             if let (Some(pipeline), Some(tee)) = (pipeline.upgrade(), tee.upgrade()) {
                 discard(&pipeline, &tee, &branch);
-                log::debug!("branch {} removed", branch.name);
             }
         });
         gst::PadProbeReturn::Remove

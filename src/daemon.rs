@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use gst::prelude::*;
 
-use crate::backoff::Backoff;
+use crate::backoff::Retry;
 use crate::branch::{self, Branch};
 use crate::camera;
 use crate::config::{Config, ConfigError, SourceKind};
 use crate::drops::Drops;
+use crate::offload;
 use crate::plan::{self, SourceOutput};
 use crate::profile::Profiles;
 use crate::recording::{Recorder, Recovery};
@@ -34,7 +35,9 @@ struct State {
     enc_tee: gst::Element,
     raw_format: String,
     source: Option<gst::Bin>,
-    source_backoff: Backoff,
+    /// Set while a source is being opened off the main loop.
+    source_opening: bool,
+    source_retry: Retry,
     /// The camera streamed last, known once it has been opened: found again by this identity
     /// after an unplug, whatever node it comes back as.
     camera: Option<camera::Identity>,
@@ -45,16 +48,15 @@ struct State {
     /// Set once stopping: only then may a source's end-of-stream travel down the graph.
     eos_allowed: Arc<AtomicBool>,
     display: Option<Branch>,
-    /// The last display bin that failed, kept alive so that its late bus messages can still be
-    /// traced to it (a disposed bin unparents its children).
-    display_failed: Option<gst::Bin>,
     display_description: Option<String>,
-    display_backoff: Backoff,
+    display_retry: Retry,
     rtsp: Option<RtspServer>,
     recorder: Option<Recorder>,
-    recording_backoff: Backoff,
+    /// Set while the card is checked off the main loop before recording attaches.
+    recording_checking: bool,
+    recording_retry: Retry,
     uplink: Option<Uplink>,
-    uplink_backoff: Backoff,
+    uplink_retry: Retry,
     /// Viewers are watching until then (renewed by their heartbeats).
     viewers: HashMap<String, Instant>,
     /// Paths to announce with `bridge`.
@@ -132,17 +134,23 @@ fn wants_passthrough(cfg: &Config, profiles: &Profiles) -> bool {
 }
 
 /// Builds and links a new source. Main-loop thread.
-fn start_source(st: &Shared) -> Result<()> {
-    let (mut cfg, profiles, pipeline, raw_format, known) = {
-        let s = st.borrow();
-        (
-            s.cfg.clone(),
-            s.profiles.clone(),
-            s.pipeline.clone(),
-            s.raw_format.clone(),
-            s.camera.clone(),
-        )
-    };
+/// A source opened off the main loop, to be linked in.
+struct OpenedSource {
+    /// The settings it was opened with (the camera's node as found).
+    cfg: Config,
+    plan: plan::SourcePlan,
+    /// Open (READY): the camera's device is open and its formats known.
+    bin: gst::Bin,
+}
+
+/// Finds the camera's node, plans the source and opens it. Runs on a thread of its own: a USB
+/// camera can take seconds to open, and the main loop feeds the watchdog.
+fn open_source(
+    mut cfg: Config,
+    profiles: Profiles,
+    raw_format: String,
+    known: Option<camera::Identity>,
+) -> Result<OpenedSource> {
     if cfg.camera.source == SourceKind::V4l2 {
         if let Some(node) = camera_node(&cfg.camera.device, known.as_ref()) {
             if node != cfg.camera.device {
@@ -153,6 +161,15 @@ fn start_source(st: &Shared) -> Result<()> {
     }
     let plan = plan::plan_source(&cfg, &profiles, &raw_format)?;
     let bin = branch::bin_from_description("source", &plan.description)?;
+    branch::open(bin.upcast_ref())
+        .with_context(|| format!("cannot open the source ({})", plan.note))?;
+    Ok(OpenedSource { cfg, plan, bin })
+}
+
+/// Links an opened source in and starts it. Main-loop thread.
+fn start_source(st: &Shared, opened: OpenedSource) -> Result<()> {
+    let OpenedSource { cfg, plan, bin } = opened;
+    let pipeline = st.borrow().pipeline.clone();
     if let Some(qr) = bin.by_name(plan::TIMESTAMP_QR) {
         crate::stamp::install(&qr);
     }
@@ -180,6 +197,7 @@ fn start_source(st: &Shared) -> Result<()> {
     };
     pipeline.add(&bin)?;
     if let Err(e) = bin.link(&target) {
+        let _ = bin.set_state(gst::State::Null);
         let _ = pipeline.remove(&bin);
         bail!("cannot link source: {e}");
     }
@@ -190,7 +208,7 @@ fn start_source(st: &Shared) -> Result<()> {
     }
     {
         let mut s = st.borrow_mut();
-        s.source_backoff.started();
+        s.source_retry.started();
         if cfg.camera.source == SourceKind::V4l2 {
             if s.camera.is_none() {
                 s.camera = camera::identify(&cfg.camera.device);
@@ -303,12 +321,42 @@ fn camera_node(configured: &str, known: Option<&camera::Identity>) -> Option<Str
 
 /// Tries to (re)start the source now, or later with backoff.
 fn try_source(st: &Shared) {
-    if st.borrow().stopping || st.borrow().source.is_some() {
-        return;
-    }
-    if let Err(e) = start_source(st) {
-        retry_source(st, &format!("{e:#}"));
-    }
+    let (cfg, profiles, raw_format, known) = {
+        let mut s = st.borrow_mut();
+        if s.stopping || s.source.is_some() || s.source_opening {
+            return;
+        }
+        s.source_opening = true;
+        (
+            s.cfg.clone(),
+            s.profiles.clone(),
+            s.raw_format.clone(),
+            s.camera.clone(),
+        )
+    };
+    let st = st.clone();
+    offload::offload(
+        "open-source",
+        move || open_source(cfg, profiles, raw_format, known),
+        move |opened| {
+            let stopping = {
+                let mut s = st.borrow_mut();
+                s.source_opening = false;
+                s.stopping
+            };
+            match opened {
+                Ok(o) if stopping => {
+                    let _ = o.bin.set_state(gst::State::Null);
+                }
+                Ok(o) => {
+                    if let Err(e) = start_source(&st, o) {
+                        retry_source(&st, &format!("{e:#}"));
+                    }
+                }
+                Err(e) => retry_source(&st, &format!("{e:#}")),
+            }
+        },
+    );
 }
 
 fn retry_source(st: &Shared, why: &str) {
@@ -325,10 +373,21 @@ fn retry_source(st: &Shared, why: &str) {
         watch_for_camera(st);
         return;
     }
-    let delay = st.borrow_mut().source_backoff.failed();
-    log::error!("source: {why}; retrying in {} s", delay.as_secs());
-    let st = st.clone();
-    glib::timeout_add_local_once(delay, move || try_source(&st));
+    let again = st.clone();
+    let when = retrying(
+        st.borrow_mut()
+            .source_retry
+            .schedule(move || try_source(&again)),
+    );
+    log::error!("source: {why}; {when}");
+}
+
+/// How the next attempt was scheduled, for the log.
+fn retrying(delay: Option<Duration>) -> String {
+    match delay {
+        Some(d) => format!("retrying in {} s", d.as_secs()),
+        None => "a retry is already scheduled".into(),
+    }
 }
 
 /// Polls for the known camera's return (four times a second: a udev event would be as quick,
@@ -341,7 +400,7 @@ fn watch_for_camera(st: &Shared) {
     glib::timeout_add_local(Duration::from_millis(250), move || {
         let back = {
             let s = st.borrow();
-            if s.stopping || s.source.is_some() {
+            if s.stopping || s.source.is_some() || s.source_opening {
                 // Stopping, or started by the back-off path meanwhile: nothing to wait for.
                 Err(())
             } else {
@@ -393,17 +452,13 @@ fn try_display(st: &Shared) {
             let s = st.borrow();
             (s.pipeline.clone(), s.raw_tee.clone())
         };
-        let result = opened.and_then(|bin| {
-            st.borrow_mut().display_failed = Some(bin.clone());
-            branch::attach(&pipeline, &tee, bin, false)
-        });
+        let result = opened.and_then(|bin| branch::attach(&pipeline, &tee, bin, false));
         match result {
             Ok(b) => {
                 log::info!("display: attached");
                 let mut s = st.borrow_mut();
                 s.display = Some(b);
-                s.display_failed = None;
-                s.display_backoff.started();
+                s.display_retry.started();
             }
             Err(e) => retry_display(&st, &format!("{e:#}")),
         }
@@ -412,42 +467,59 @@ fn try_display(st: &Shared) {
 }
 
 fn retry_display(st: &Shared, why: &str) {
-    let delay = st.borrow_mut().display_backoff.failed();
-    log::warn!(
-        "display: {why}; other branches go on, retrying in {} s",
-        delay.as_secs()
+    let again = st.clone();
+    let when = retrying(
+        st.borrow_mut()
+            .display_retry
+            .schedule(move || try_display(&again)),
     );
-    let st = st.clone();
-    glib::timeout_add_local_once(delay, move || try_display(&st));
+    log::warn!("display: {why}; other branches go on, {when}");
 }
 
 fn try_recording(st: &Shared) {
-    let result = {
+    let check = {
         let mut guard = st.borrow_mut();
         let s = &mut *guard;
-        if s.stopping {
+        if s.stopping || s.recording_checking {
             return;
         }
-        match s.recorder.as_mut() {
+        match s.recorder.as_ref() {
             None => return,
             Some(r) if r.is_attached() => return,
-            Some(r) => r.attach(&s.pipeline, &s.enc_tee),
+            Some(r) => r.card_check(),
         }
     };
-    match result {
-        Ok(()) => st.borrow_mut().recording_backoff.started(),
-        Err(e) => retry_recording(st, &format!("{e:#}")),
-    }
+    st.borrow_mut().recording_checking = true;
+    let st = st.clone();
+    offload::offload("check-card", check, move |checked| {
+        let result = {
+            let mut guard = st.borrow_mut();
+            let s = &mut *guard;
+            s.recording_checking = false;
+            if s.stopping {
+                return;
+            }
+            match (checked, s.recorder.as_mut()) {
+                (Ok(boot), Some(r)) if !r.is_attached() => r.attach(&s.pipeline, &s.enc_tee, boot),
+                (Err(e), _) => Err(e),
+                _ => return,
+            }
+        };
+        match result {
+            Ok(()) => st.borrow_mut().recording_retry.started(),
+            Err(e) => retry_recording(&st, &format!("{e:#}")),
+        }
+    });
 }
 
 fn retry_recording(st: &Shared, why: &str) {
-    let delay = st.borrow_mut().recording_backoff.failed();
-    log::error!(
-        "recording: {why}; RTSP and display go on; retrying in {} s",
-        delay.as_secs()
+    let again = st.clone();
+    let when = retrying(
+        st.borrow_mut()
+            .recording_retry
+            .schedule(move || try_recording(&again)),
     );
-    let st = st.clone();
-    glib::timeout_add_local_once(delay, move || try_recording(&st));
+    log::error!("recording: {why}; RTSP and display go on; {when}");
 }
 
 /// After a full disk: poll until retention or the user has made room, then resume.
@@ -478,7 +550,9 @@ fn try_uplink(st: &Shared, new_session: bool) {
     let result = {
         let mut guard = st.borrow_mut();
         let s = &mut *guard;
-        let wanted = watching(s);
+        // A retry already scheduled stands for this attempt: one schedule for the uplink,
+        // whatever the number of viewers, their heartbeats or their comings and goings.
+        let wanted = watching(s) && !s.uplink_retry.is_pending();
         match s.uplink.as_mut() {
             Some(u) if wanted && !s.stopping && !u.is_attached() => {
                 u.attach(&s.pipeline, &s.enc_tee, new_session)
@@ -487,19 +561,19 @@ fn try_uplink(st: &Shared, new_session: bool) {
         }
     };
     match result {
-        Ok(()) => st.borrow_mut().uplink_backoff.started(),
+        Ok(()) => st.borrow_mut().uplink_retry.started(),
         Err(e) => retry_uplink(st, &format!("{e:#}")),
     }
 }
 
 fn retry_uplink(st: &Shared, why: &str) {
-    let delay = st.borrow_mut().uplink_backoff.failed();
-    log::warn!(
-        "uplink: {why}; recording and local RTSP go on; retrying in {} s while viewers watch",
-        delay.as_secs()
+    let again = st.clone();
+    let when = retrying(
+        st.borrow_mut()
+            .uplink_retry
+            .schedule(move || try_uplink(&again, false)),
     );
-    let st = st.clone();
-    glib::timeout_add_local_once(delay, move || try_uplink(&st, false));
+    log::warn!("uplink: {why}; recording and local RTSP go on; {when} while viewers watch");
 }
 
 /// The viewers whose lease runs.
@@ -630,16 +704,18 @@ enum Origin {
     Recording,
     Uplink,
     Rtsp,
+    /// The fixed graph (tees, encoder or decoder, the pipeline): nothing replaces it.
     Core,
-    /// No longer in the pipeline: a late message from a branch already detached (splitmuxsink
-    /// even drops a failed file's sink from itself before its error is read).
-    Gone,
+    /// A branch already detached (`branch::retired`), or no longer in the pipeline at all
+    /// (splitmuxsink even drops a failed file's sink from itself before its error is read):
+    /// its messages are reported, never acted on.
+    Gone(Option<String>),
 }
 
 fn origin_of(st: &State, obj: &gst::Object) -> Origin {
     if st.source.as_ref().is_some_and(|b| branch::contains(b, obj)) {
         Origin::Source
-    } else if branch::owned_by(st.display.as_ref(), st.display_failed.as_ref(), obj) {
+    } else if branch::owned_by(st.display.as_ref(), obj) {
         Origin::Display
     } else if st.recorder.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Recording
@@ -647,11 +723,37 @@ fn origin_of(st: &State, obj: &gst::Object) -> Origin {
         Origin::Uplink
     } else if st.rtsp.as_ref().is_some_and(|r| r.owns(obj)) {
         Origin::Rtsp
-    } else if obj != st.pipeline.upcast_ref::<gst::Object>() && !obj.has_as_ancestor(&st.pipeline) {
-        Origin::Gone
-    } else {
+    } else if is_core(st, obj) {
         Origin::Core
+    } else {
+        // Anything else that posts while in the pipeline is a retired branch, or a source
+        // replaced since: an allow-list for the fatal case, so that no late message of a
+        // part already handled can stop the device.
+        Origin::Gone(branch::retired(obj))
     }
+}
+
+/// The parts of the graph that live as long as the pipeline.
+fn is_core(st: &State, obj: &gst::Object) -> bool {
+    if obj == st.pipeline.upcast_ref::<gst::Object>() {
+        return true;
+    }
+    let fixed = [st.raw_tee.clone(), st.enc_tee.clone()].into_iter().chain(
+        ["encode", "decode"]
+            .iter()
+            .filter_map(|n| st.pipeline.by_name(n)),
+    );
+    for e in fixed {
+        if obj == e.upcast_ref::<gst::Object>() {
+            return true;
+        }
+        if let Some(bin) = e.downcast_ref::<gst::Bin>() {
+            if obj.has_as_ancestor(bin) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn on_error(st: &Shared, msg: &gst::message::Error) {
@@ -671,8 +773,7 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
             let b = st.borrow_mut().display.take();
             if let Some(b) = b {
                 let (p, t) = {
-                    let mut s = st.borrow_mut();
-                    s.display_failed = Some(b.bin.clone());
+                    let s = st.borrow();
                     (s.pipeline.clone(), s.raw_tee.clone())
                 };
                 branch::detach(&p, &t, b);
@@ -723,7 +824,8 @@ fn on_error(st: &Shared, msg: &gst::message::Error) {
             }
         }
         Origin::Rtsp => log::warn!("RTSP branch {}: {text}", src.name()),
-        Origin::Gone => log::warn!("{} (already detached): {text}", src.name()),
+        Origin::Gone(Some(bin)) => log::warn!("{} (in {bin}, retired): {text}", src.name()),
+        Origin::Gone(None) => log::warn!("{} (already detached): {text}", src.name()),
         Origin::Core => {
             log::error!("{}: {text}: cannot recover, stopping", src.name());
             let mut s = st.borrow_mut();
@@ -789,8 +891,8 @@ pub fn run(cfg: Config) -> Result<i32> {
     }
     let main_loop = glib::MainLoop::new(None, false);
     let st: Shared = Rc::new(RefCell::new(State {
-        source_backoff: Backoff::new(cfg.camera.restart_max_seconds.get()),
-        display_backoff: Backoff::new(cfg.display.retry_max_seconds.get()),
+        source_retry: Retry::new(cfg.camera.restart_max_seconds.get()),
+        display_retry: Retry::new(cfg.display.retry_max_seconds.get()),
         cfg: cfg.clone(),
         profiles,
         pipeline: pipeline.clone(),
@@ -798,18 +900,19 @@ pub fn run(cfg: Config) -> Result<i32> {
         enc_tee: enc_tee.clone(),
         raw_format,
         source: None,
+        source_opening: false,
         camera: None,
         camera_watch: false,
         camera_rdev: None,
         eos_allowed: Arc::new(AtomicBool::new(false)),
         display: None,
-        display_failed: None,
         display_description,
         rtsp: None,
         recorder: cfg.recording.enabled.then(|| Recorder::new(&cfg)),
-        recording_backoff: Backoff::new(cfg.recording.retry_max_seconds.get()),
+        recording_checking: false,
+        recording_retry: Retry::new(cfg.recording.retry_max_seconds.get()),
         uplink: None,
-        uplink_backoff: Backoff::new(cfg.uplink.retry_max_seconds.get()),
+        uplink_retry: Retry::new(cfg.uplink.retry_max_seconds.get()),
         viewers: HashMap::new(),
         bridge_tx: None,
         main_loop: main_loop.clone(),

@@ -38,7 +38,12 @@ fn branch_of(pipeline: &gst::Pipeline, element: &gst::Element) -> String {
         }
         obj = parent;
     }
-    obj.name().to_string()
+    // A branch's bins are numbered per attachment (`uplink-7`): count them as one.
+    let name = obj.name();
+    match name.rsplit_once('-') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base.into(),
+        _ => name.to_string(),
+    }
 }
 
 impl Drops {
@@ -66,6 +71,11 @@ impl Drops {
 
     fn count(&self, branch: &str, queue: &gst::Element) {
         let counter = self.counter(branch);
+        let held = counter.clone();
+        // The queue's streaming thread: frames held back after an overrun are dropped too.
+        crate::gop_gate::install(queue, move || {
+            held.dropped.fetch_add(1, Ordering::Relaxed);
+        });
         let c = counter.clone();
         // Streaming thread of the upstream element: with only a buffer limit, each overrun of a
         // leaky queue throws away exactly one buffer.

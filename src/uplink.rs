@@ -24,7 +24,6 @@ pub struct Uplink {
     cfg: UplinkConfig,
     device: String,
     branch: Option<Branch>,
-    failed: Option<gst::Bin>,
     path: Option<String>,
     /// Bumped at each attach, so a late "live" from an old branch is ignored.
     generation: Arc<AtomicU64>,
@@ -42,7 +41,6 @@ impl Uplink {
             cfg: cfg.clone(),
             device: device.to_string(),
             branch: None,
-            failed: None,
             path: None,
             generation: Arc::new(AtomicU64::new(0)),
             live: false,
@@ -61,7 +59,7 @@ impl Uplink {
     }
 
     pub fn owns(&self, obj: &gst::Object) -> bool {
-        branch::owned_by(self.branch.as_ref(), self.failed.as_ref(), obj)
+        branch::owned_by(self.branch.as_ref(), obj)
     }
 
     /// Starts pushing; a new session gets a new path, a retry keeps it. Main-loop thread.
@@ -170,10 +168,7 @@ impl Uplink {
             gst::PadProbeReturn::Ok
         });
 
-        self.failed = Some(bin.clone());
-        let b = branch::attach(pipeline, tee, bin, true)?;
-        self.failed = None;
-        self.branch = Some(b);
+        self.branch = Some(branch::attach(pipeline, tee, bin, true)?);
         log::info!("uplink: pushing to {location}");
         Ok(())
     }
@@ -217,7 +212,6 @@ impl Uplink {
         self.live = false;
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(b) = self.branch.take() {
-            self.failed = Some(b.bin.clone());
             branch::detach(pipeline, tee, b);
         }
         if end_session {

@@ -55,8 +55,6 @@ pub struct Recorder {
     policy: Policy,
     settings: crate::config::RecordingConfig,
     branch: Option<Branch>,
-    /// The last failed bin, kept so its late bus messages can still be attributed.
-    failed: Option<gst::Bin>,
 }
 
 /// The recording branch in gst-launch syntax: what the recorder builds and `camstream graph`
@@ -146,7 +144,6 @@ impl Recorder {
             policy,
             settings: r.clone(),
             branch: None,
-            failed: None,
         }
     }
 
@@ -166,7 +163,7 @@ impl Recorder {
 
     /// Whether a bus message source belongs to the recording branch.
     pub fn owns(&self, obj: &gst::Object) -> bool {
-        branch::owned_by(self.branch.as_ref(), self.failed.as_ref(), obj)
+        branch::owned_by(self.branch.as_ref(), obj)
     }
 
     /// Free space suffices to resume after a full disk: min_free plus room for a segment
@@ -284,18 +281,34 @@ impl Recorder {
         Ok(bin)
     }
 
-    /// Attaches the recording branch to the encoded tee. Main-loop thread.
-    pub fn attach(&mut self, pipeline: &gst::Pipeline, tee: &gst::Element) -> Result<()> {
-        prepare_dir(&self.shared.dir)?;
-        if self.shared.boot.load(Ordering::SeqCst) == 0 {
-            let boot = next_boot(&self.shared.dir, &self.shared.device)?;
-            self.shared.boot.store(boot.max(1), Ordering::SeqCst);
+    /// What must be true of the card before attaching: the directory takes files, and this
+    /// run's boot number (read from the card once, and durably counted). It blocks on the card
+    /// (creating directories, a walk of the recordings, fsync): run it off the main loop.
+    pub fn card_check(&self) -> impl FnOnce() -> Result<u32> + Send + 'static {
+        let (dir, device) = (self.shared.dir.clone(), self.shared.device.clone());
+        let boot = self.shared.boot.load(Ordering::SeqCst);
+        move || {
+            prepare_dir(&dir)?;
+            if boot == 0 {
+                next_boot(&dir, &device)
+            } else {
+                Ok(boot)
+            }
         }
+    }
+
+    /// Attaches the recording branch to the encoded tee. Main-loop thread.
+    ///
+    /// `checked` is what `card_check` found: the card takes files, and this run's boot number.
+    pub fn attach(
+        &mut self,
+        pipeline: &gst::Pipeline,
+        tee: &gst::Element,
+        checked: u32,
+    ) -> Result<()> {
+        self.shared.boot.store(checked.max(1), Ordering::SeqCst);
         let bin = self.build()?;
-        self.failed = Some(bin.clone());
-        let b = branch::attach(pipeline, tee, bin, true)?;
-        self.failed = None;
-        self.branch = Some(b);
+        self.branch = Some(branch::attach(pipeline, tee, bin, true)?);
         log::info!("recording: to {}", self.shared.dir.display());
         Ok(())
     }
@@ -309,15 +322,18 @@ impl Recorder {
         err: &glib::Error,
     ) -> Option<Recovery> {
         let b = self.branch.take()?;
-        self.failed = Some(b.bin.clone());
         branch::detach(pipeline, tee, b);
         // The file being written when the error struck keeps what its index covers; one left
         // with no playable frame (the error hit as it opened) is only clutter.
+        // Reading it blocks on the card: off the main loop.
         if let Some(path) = self.shared.current.lock().ok().and_then(|mut c| c.take()) {
-            if mp4::duration(&path).is_none_or(|d| d <= 0.0) && std::fs::remove_file(&path).is_ok()
-            {
-                log::info!("recording: removed {} (no playable frame)", path.display());
-            }
+            crate::offload::detached("check-file", move || {
+                if mp4::duration(&path).is_none_or(|d| d <= 0.0)
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    log::info!("recording: removed {} (no playable frame)", path.display());
+                }
+            });
         }
         if err.matches(gst::ResourceError::NoSpaceLeft) {
             // Make room if our own old files can give it; the rest is up to the user.

@@ -1,0 +1,55 @@
+//! Work that may block, kept off the main loop. The main loop feeds the systemd watchdog and
+//! serves the RTSP clients; opening a camera, syncing to an SD card or tearing down a TCP
+//! connection to a stalled server can each take seconds, so they run on a thread of their own
+//! and hand their result back.
+
+/// Runs `work` on a new thread named `name`, then `then` with its result on the main loop.
+/// Called on the main-loop thread. If the thread cannot be made, `work` runs here instead:
+/// late is better than never.
+pub fn offload<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+    then: impl FnOnce(T) + 'static,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work = std::sync::Arc::new(std::sync::Mutex::new(Some(work)));
+    let w = work.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Some(work) = w.lock().ok().and_then(|mut w| w.take()) {
+                let _ = tx.send(work());
+            }
+        });
+    if spawned.is_err() {
+        log::warn!("cannot start a thread for {name}; running it on the main loop");
+        if let Some(work) = work.lock().ok().and_then(|mut w| w.take()) {
+            then(work());
+        }
+        return;
+    }
+    glib::MainContext::default().spawn_local(async move {
+        if let Ok(v) = rx.await {
+            then(v);
+        }
+    });
+}
+
+/// Runs `work` on a new thread named `name` and forgets it (its result is of no interest to
+/// the main loop). If the thread cannot be made, `work` runs on the caller's thread.
+pub fn detached(name: &str, work: impl FnOnce() + Send + 'static) {
+    let work = std::sync::Arc::new(std::sync::Mutex::new(Some(work)));
+    let w = work.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Some(work) = w.lock().ok().and_then(|mut w| w.take()) {
+                work();
+            }
+        });
+    if spawned.is_err() {
+        if let Some(work) = work.lock().ok().and_then(|mut w| w.take()) {
+            work();
+        }
+    }
+}
