@@ -209,3 +209,50 @@ pub fn detach(pipeline: &gst::Pipeline, tee: &gst::Element, branch: Branch) {
         gst::PadProbeReturn::Remove
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Runs the default main context until `done` or 10 s.
+    fn run_until(done: impl Fn() -> bool) {
+        let ctx = glib::MainContext::default();
+        let t0 = Instant::now();
+        while !done() && t0.elapsed() < Duration::from_secs(10) {
+            while ctx.iteration(false) {}
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_detached_branch_is_known_as_retired_until_it_has_left_the_pipeline() {
+        gst::init().unwrap();
+        let ctx = glib::MainContext::default();
+        let _guard = ctx.acquire().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("videotestsrc")
+            .property("is-live", true)
+            .build()
+            .unwrap();
+        let tee = gst::ElementFactory::make("tee").build().unwrap();
+        pipeline.add_many([&src, &tee]).unwrap();
+        src.link(&tee).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let make = || bin_from_description("uplink", "queue ! fakesink name=end").unwrap();
+        let first = attach(&pipeline, &tee, make(), false).unwrap();
+        let end = first.bin.by_name("end").unwrap();
+        detach(&pipeline, &tee, first.clone());
+        // At once, and while it is still in the pipeline, its elements are the retired bin's;
+        // the branch attached in its place has a name of its own.
+        assert_eq!(retired(end.upcast_ref()), Some(first.name.clone()));
+        let second = attach(&pipeline, &tee, make(), false).unwrap();
+        assert_ne!(second.name, first.name);
+        assert!(retired(second.bin.upcast_ref()).is_none());
+        run_until(|| first.bin.parent().is_none());
+        assert!(first.bin.parent().is_none(), "never left the pipeline");
+        run_until(|| retired(end.upcast_ref()).is_none());
+        assert_eq!(retired(end.upcast_ref()), None);
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
