@@ -429,6 +429,9 @@ pub struct RtspConfig {
     pub password: String,
     pub max_clients: Ranged<0, 1000>,
     pub queue_buffers: Ranged<1, 1000>,
+    /// A session whose client gives no sign of life (a request naming it, an RTCP receiver
+    /// report) for this long, plus gst-rtsp-server's 5 s of grace, is torn down.
+    pub session_timeout_seconds: Ranged<1, 3600>,
 }
 
 impl Default for RtspConfig {
@@ -443,6 +446,7 @@ impl Default for RtspConfig {
             password: String::new(),
             max_clients: Ranged(32),
             queue_buffers: Ranged(60),
+            session_timeout_seconds: Ranged(60),
         }
     }
 }

@@ -96,7 +96,14 @@ impl RtspServer {
         });
 
         let s = shared.clone();
+        let session_timeout = cfg.session_timeout_seconds.u32();
         server.connect_client_connected(move |_, client| {
+            // The timeout is announced in the session header, so clients know how often to
+            // show they are alive. A connection left without a session (its client vanished
+            // and its session expired) is closed after as long again, which frees its place
+            // among max_clients.
+            client.connect_new_session(move |_, session| session.set_timeout(session_timeout));
+            client.set_post_session_timeout(i32::try_from(session_timeout).unwrap_or(i32::MAX));
             let n = s.clients.fetch_add(1, Ordering::SeqCst) + 1;
             let s2 = s.clone();
             client.connect_closed(move |_| {
@@ -134,6 +141,9 @@ impl RtspServer {
                 cfg.port
             )
         })?;
+        if let Some(pool) = server.session_pool() {
+            expire_sessions(&pool);
+        }
         let host = match cfg.bind {
             std::net::IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
             std::net::IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
@@ -187,6 +197,34 @@ pub fn open_to_everyone(cfg: &RtspConfig) -> Option<String> {
             cfg.bind, cfg.port
         )
     })
+}
+
+/// Tears down, every second on the main loop, the sessions whose clients have shown no sign of
+/// life for their timeout: gst-rtsp-server only expires sessions when asked. A UDP client that
+/// vanishes without TEARDOWN (unplugged, out of range) would otherwise keep its session, the
+/// media and the branch feeding it for ever. Requests naming the session (GET_PARAMETER or
+/// OPTIONS keep-alives), RTCP receiver reports and, over TCP, data the client accepts all keep
+/// a session alive.
+fn expire_sessions(pool: &gst_rtsp_server::RTSPSessionPool) {
+    let pool = pool.downgrade();
+    glib::timeout_add_seconds_local(1, move || {
+        let Some(pool) = pool.upgrade() else {
+            return glib::ControlFlow::Break;
+        };
+        let now = glib::monotonic_time();
+        pool.filter(Some(&mut |_, session| {
+            if !session.is_expired_usec(now) {
+                return gst_rtsp_server::RTSPFilterResult::Keep;
+            }
+            log::info!(
+                "RTSP: session {} expired: nothing from its client for {} s",
+                session.sessionid().unwrap_or_default(),
+                session.timeout() + session.extra_timeout()
+            );
+            gst_rtsp_server::RTSPFilterResult::Remove
+        }));
+        glib::ControlFlow::Continue
+    });
 }
 
 /// Runs in the thread serving the client whose DESCRIBE created the media (the main loop).

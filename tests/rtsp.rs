@@ -236,3 +236,221 @@ fn every_address_without_credentials_is_a_loud_warning() {
         "{p}"
     );
 }
+
+/// gst-rtsp-server's grace after a session's timeout, and the period of the daemon's check.
+const SESSION_GRACE: Duration = Duration::from_secs(5 + 1);
+
+#[test]
+fn udp_sessions_of_vanished_clients_expire_and_release_their_sockets() {
+    const TIMEOUT: u64 = 3;
+    let expiry = Duration::from_secs(TIMEOUT) + SESSION_GRACE;
+    let cfg = dev_config(free_port(), &format!("session_timeout_seconds = {TIMEOUT}"));
+    let dev = Device::start("vanish", &cfg, &[]);
+    let url = dev.url();
+    let pid = dev.pid();
+    let base = udp_sockets(pid);
+
+    // Killed: its connection closes, and its part of the media goes at once.
+    let killed = UdpRtspClient::play(&url).expect("a raw UDP client plays");
+    assert_eq!(
+        killed.timeout,
+        Some(TIMEOUT as u32),
+        "the session header announces the timeout"
+    );
+    let n = killed.rtp_packets(Duration::from_secs(1));
+    let playing = udp_sockets(pid);
+    eprintln!("killed client: {n} RTP packets in 1 s; daemon UDP sockets {base} -> {playing}");
+    assert!(n >= 10, "only {n} RTP packets in 1 s");
+    assert!(playing > base, "no UDP socket for the media: {playing}");
+    drop(killed.tcp);
+    let quiet = wait_for(Duration::from_secs(5), || {
+        udp_packets(&killed.rtp, Duration::from_millis(500)) == 0
+    });
+    assert!(quiet.is_some(), "RTP still flows to a client that hung up");
+    assert!(
+        wait_for(Duration::from_secs(5), || udp_sockets(pid) == base).is_some(),
+        "UDP sockets: {} after the killed client, {base} before",
+        udp_sockets(pid)
+    );
+
+    // Unplugged: its connection stays open and silent, its UDP port receives but never
+    // answers. Meanwhile a bare client keeps its session alive with nothing but an RTCP
+    // receiver report every timeout, over twice the timeout and its grace, and real clients
+    // (rtspsrc, ffmpeg: keep-alive requests and RTCP) play for 15 s.
+    let mut unplugged = UdpRtspClient::play(&url).expect("a raw UDP client plays");
+    let reporting = UdpRtspClient::play(&url).expect("a raw UDP client plays");
+    let u = url.clone();
+    let rtspsrc = std::thread::spawn(move || {
+        gst_client(&u, "udp", Duration::from_secs(15), Duration::from_secs(15))
+    });
+    let u = url.clone();
+    let ffmpeg = std::thread::spawn(move || ffprobe(&u, "udp", 15));
+    let t0 = Instant::now();
+    let mut unplugged_rate = Vec::new();
+    let mut reporting_rate = Vec::new();
+    for s in 1..=(2 * expiry.as_secs() + 1) {
+        if s % TIMEOUT == 1 {
+            reporting.send_receiver_report();
+        }
+        std::thread::sleep((t0 + Duration::from_secs(s)).saturating_duration_since(Instant::now()));
+        unplugged_rate.push(udp_drain(&unplugged.rtp));
+        reporting_rate.push(udp_drain(&reporting.rtp));
+    }
+    eprintln!("RTP packets per second, unplugged client: {unplugged_rate:?}");
+    eprintln!("RTP packets per second, client sending only RTCP: {reporting_rate:?}");
+    let last = unplugged_rate
+        .iter()
+        .rposition(|&n| n > 0)
+        .map_or(0, |i| i + 1);
+    assert!(
+        last <= (expiry + Duration::from_secs(2)).as_secs() as usize,
+        "RTP still reached the unplugged client {last} s after it went silent (timeout {TIMEOUT} s)"
+    );
+    assert!(
+        last >= TIMEOUT as usize,
+        "the unplugged client was cut off after {last} s, before its timeout of {TIMEOUT} s"
+    );
+    assert!(
+        reporting_rate.iter().all(|&n| n >= 10),
+        "a client sending RTCP reports was cut off: {reporting_rate:?}"
+    );
+    // Its connection, left without a session, is closed after as long again.
+    assert!(
+        closed_by_peer(&mut unplugged.tcp, Duration::from_secs(TIMEOUT + 3)),
+        "the daemon kept the unplugged client's connection open"
+    );
+    dev.wait_log(
+        &format!("RTSP: session {} expired", unplugged.session),
+        Duration::from_secs(1),
+    );
+    let s = rtspsrc.join().unwrap();
+    eprintln!("rtspsrc over UDP meanwhile: {s:?}");
+    assert!(
+        s.frames >= 15 * 20,
+        "rtspsrc got {} frames in 15 s: cut off?",
+        s.frames
+    );
+    let (_, _, _, frames) = ffmpeg.join().unwrap().expect("ffprobe reads over UDP");
+    eprintln!("ffprobe over UDP meanwhile: {frames} frames in 15 s");
+    assert!(
+        frames >= 15 * 20,
+        "ffprobe got {frames} frames in 15 s: cut off?"
+    );
+
+    // The reporting client falls silent too: the last session goes, and with it the media.
+    let gone = wait_for(expiry + Duration::from_secs(3), || udp_sockets(pid) == base);
+    eprintln!("all clients silent: daemon UDP sockets back to {base} after {gone:?}");
+    assert!(
+        gone.is_some(),
+        "UDP sockets: {} with every client gone, {base} before",
+        udp_sockets(pid)
+    );
+    udp_drain(&reporting.rtp);
+    assert_eq!(
+        udp_packets(&reporting.rtp, Duration::from_secs(1)),
+        0,
+        "RTP still flows to the silent client"
+    );
+    let (codec, _, _, frames) = ffprobe(&url, "udp", 2).expect("ffprobe still reads over UDP");
+    assert_eq!(codec, "h264");
+    assert!(frames >= 30, "ffprobe afterwards: {frames} frames in 2 s");
+}
+
+#[test]
+fn five_hundred_vanished_udp_clients_leave_no_memory_sockets_or_connections_behind() {
+    const TIMEOUT: u64 = 3;
+    const CLIENTS: usize = 500;
+    let expiry = Duration::from_secs(TIMEOUT) + SESSION_GRACE;
+    let cfg = dev_config(
+        free_port(),
+        &format!("session_timeout_seconds = {TIMEOUT}\nmax_clients = 0"),
+    );
+    let dev = Device::start("vanish-500", &cfg, &[]);
+    let url = dev.url();
+    let pid = dev.pid();
+    let base_udp = udp_sockets(pid);
+    // Half of them killed (their connections close), half unplugged (their connections stay
+    // open, silent): RTP goes on to the unplugged ones until their sessions expire.
+    let vanish = |i: usize| {
+        let c = UdpRtspClient::play(&url).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        if i & 1 == 0 {
+            None
+        } else {
+            Some(c.unplug())
+        }
+    };
+    let settle = |what: &str| {
+        let t = wait_for(expiry + Duration::from_secs(5), || {
+            udp_sockets(pid) == base_udp
+        });
+        assert!(
+            t.is_some(),
+            "{what}: {} UDP sockets, {base_udp} before any client",
+            udp_sockets(pid)
+        );
+    };
+
+    // Warm-up: the first media and its branch, once.
+    let warm: Vec<_> = (0..20).filter_map(vanish).collect();
+    settle("after the warm-up");
+    drop(warm);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_base = rss_kib(pid);
+
+    let t0 = Instant::now();
+    let (mut rss_peak, mut udp_peak) = (0, 0);
+    let mut open = Vec::new();
+    for i in 0..CLIENTS {
+        open.extend(vanish(i));
+        if i % 20 == 0 {
+            rss_peak = rss_peak.max(rss_kib(pid));
+            udp_peak = udp_peak.max(udp_sockets(pid));
+        }
+    }
+    let played_in = t0.elapsed();
+    let rss_500 = rss_kib(pid);
+    let udp_500 = udp_sockets(pid);
+    rss_peak = rss_peak.max(rss_500);
+    udp_peak = udp_peak.max(udp_500);
+
+    settle("after the sessions' timeout");
+    let expired_in = t0.elapsed() - played_in;
+    let closed = wait_for(Duration::from_secs(TIMEOUT + 5), || {
+        open.iter_mut()
+            .all(|c| closed_by_peer(c, Duration::from_millis(1)))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_after = rss_kib(pid);
+    let udp_after = udp_sockets(pid);
+    // Every session, the killed clients' too (they would stay in the pool, empty), expired.
+    let expired = dev
+        .log_text()
+        .matches("expired: nothing from its client")
+        .count();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    eprintln!(
+        "{CLIENTS} vanished UDP clients played in {:.1} s; RSS {:.1} MiB after warm-up, \
+         {:.1} after {CLIENTS} (peak {:.1}), {:.1} after expiry ({:.1} s later); UDP sockets \
+         {base_udp} before, {udp_500} after {CLIENTS} (peak {udp_peak}), {udp_after} after \
+         expiry; sessions expired: {expired}; unplugged connections closed by the daemon: {}",
+        played_in.as_secs_f64(),
+        mib(rss_base),
+        mib(rss_500),
+        mib(rss_peak),
+        mib(rss_after),
+        expired_in.as_secs_f64(),
+        closed.is_some()
+    );
+    assert_eq!(udp_after, base_udp);
+    assert_eq!(expired, 20 + CLIENTS);
+    assert!(
+        rss_after <= rss_base + 20 * 1024,
+        "RSS {:.1} MiB after expiry, {:.1} MiB after warm-up",
+        mib(rss_after),
+        mib(rss_base)
+    );
+    assert!(
+        closed.is_some(),
+        "the daemon kept unplugged clients' connections open after their sessions expired"
+    );
+}

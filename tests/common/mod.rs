@@ -6,7 +6,8 @@ pub mod peers;
 pub mod recordings;
 pub mod vboard;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -114,6 +115,10 @@ impl Device {
 
     pub fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}/live", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
@@ -289,4 +294,260 @@ pub fn stream_summary(json: &[u8]) -> Result<(String, i64, i64, i64), String> {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
     ))
+}
+
+/// How many UDP sockets process `pid` holds: its `socket:[inode]` descriptors whose inode is in
+/// its network namespace's UDP tables.
+pub fn udp_sockets(pid: u32) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .filter(|inode| inodes.contains(inode))
+        .count()
+}
+
+/// The resident set size of process `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A bare RTSP client receiving RTP over UDP: OPTIONS, DESCRIBE, SETUP
+/// (`client_port=A-B` on loopback) and PLAY over its own connection, then nothing unless asked:
+/// no RTCP, no keep-alive. Dropping the connection is a client killed; keeping it open and
+/// silent is a client whose network went away.
+pub struct UdpRtspClient {
+    pub tcp: TcpStream,
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    pub session: String,
+    /// The `timeout=` the server announced with the session, if any.
+    pub timeout: Option<u32>,
+    /// Where the server takes RTCP for the stream.
+    pub server_rtcp: SocketAddr,
+    cseq: u32,
+}
+
+impl UdpRtspClient {
+    /// Connects to `url` (rtsp://127.0.0.1:PORT/PATH) and plays its first stream over UDP.
+    pub fn play(url: &str) -> Result<Self, String> {
+        let host_port = url
+            .strip_prefix("rtsp://")
+            .and_then(|r| r.split('/').next())
+            .ok_or_else(|| format!("not an rtsp:// URL: {url}"))?;
+        let tcp = TcpStream::connect(host_port).map_err(|e| format!("connect {host_port}: {e}"))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (rtp, rtcp) = udp_port_pair();
+        let (a, b) = (
+            rtp.local_addr().unwrap().port(),
+            rtcp.local_addr().unwrap().port(),
+        );
+        let mut c = UdpRtspClient {
+            tcp,
+            rtp,
+            rtcp,
+            session: String::new(),
+            timeout: None,
+            server_rtcp: "127.0.0.1:0".parse().unwrap(),
+            cseq: 0,
+        };
+        c.request("OPTIONS", url, "")?;
+        let (head, sdp) = c.request("DESCRIBE", url, "Accept: application/sdp\r\n")?;
+        let base = header(&head, "Content-Base").unwrap_or_else(|| format!("{url}/"));
+        let control = sdp
+            .split("m=video")
+            .nth(1)
+            .and_then(|m| m.lines().find_map(|l| l.trim().strip_prefix("a=control:")))
+            .ok_or_else(|| format!("no video control in the SDP:\n{sdp}"))?
+            .to_string();
+        let setup_url = if control.starts_with("rtsp://") {
+            control
+        } else {
+            format!("{}/{control}", base.trim_end_matches('/'))
+        };
+        let (head, _) = c.request(
+            "SETUP",
+            &setup_url,
+            &format!("Transport: RTP/AVP;unicast;client_port={a}-{b}\r\n"),
+        )?;
+        let session = header(&head, "Session").ok_or("SETUP answered without a session")?;
+        let mut parts = session.split(';');
+        c.session = parts.next().unwrap().trim().to_string();
+        c.timeout = parts
+            .filter_map(|p| p.trim().strip_prefix("timeout="))
+            .find_map(|t| t.parse().ok());
+        let transport = header(&head, "Transport").ok_or("SETUP answered without a transport")?;
+        let server_port = transport
+            .split(';')
+            .find_map(|p| p.strip_prefix("server_port="))
+            .ok_or_else(|| format!("no server_port in {transport:?}"))?;
+        let rtcp_port = server_port.rsplit('-').next().unwrap();
+        c.server_rtcp = format!("127.0.0.1:{rtcp_port}").parse().unwrap();
+        let session = c.session.clone();
+        c.request(
+            "PLAY",
+            url,
+            &format!("Session: {session}\r\nRange: npt=0-\r\n"),
+        )?;
+        Ok(c)
+    }
+
+    /// Sends a request and reads its answer: (status line and headers, body). Fails on a
+    /// status other than 200.
+    pub fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &str,
+    ) -> Result<(String, String), String> {
+        self.cseq += 1;
+        let req = format!(
+            "{method} {url} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: camstream-test\r\n{headers}\r\n",
+            self.cseq
+        );
+        self.tcp
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("{method}: {e}"))?;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match self.tcp.read(&mut byte) {
+                Ok(1) => buf.push(byte[0]),
+                Ok(_) => return Err(format!("{method}: connection closed")),
+                Err(e) => return Err(format!("{method}: {e}")),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let len: usize = header(&head, "Content-Length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.tcp
+            .read_exact(&mut body)
+            .map_err(|e| format!("{method} body: {e}"))?;
+        if !head.starts_with("RTSP/1.0 200") {
+            return Err(format!("{method}: {}", head.lines().next().unwrap_or("")));
+        }
+        Ok((head, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// How many RTP packets arrive within `window`.
+    pub fn rtp_packets(&self, window: Duration) -> usize {
+        udp_packets(&self.rtp, window)
+    }
+
+    /// An RTCP receiver report (no report blocks) from the client's RTCP port to the server's,
+    /// as a receiving client sends every few seconds.
+    pub fn send_receiver_report(&self) {
+        let mut rr = vec![0x80, 201, 0, 1];
+        rr.extend_from_slice(&0x7e57_c11e_u32.to_be_bytes());
+        self.rtcp.send_to(&rr, self.server_rtcp).unwrap();
+    }
+
+    /// The client's network goes away: its UDP ports close; its connection, still open as far
+    /// as the server knows, is returned and says nothing more.
+    pub fn unplug(self) -> TcpStream {
+        self.tcp
+    }
+}
+
+/// Two UDP sockets on loopback with consecutive ports, the first even (an RTP/RTCP pair).
+pub fn udp_port_pair() -> (UdpSocket, UdpSocket) {
+    for _ in 0..200 {
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        if port & 1 == 1 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)) {
+            return (rtp, rtcp);
+        }
+    }
+    panic!("no free pair of UDP ports on loopback");
+}
+
+/// How many datagrams wait on `socket` (read without blocking).
+pub fn udp_drain(socket: &UdpSocket) -> usize {
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while socket.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    socket.set_nonblocking(false).unwrap();
+    n
+}
+
+/// Whether the peer has closed `conn` (a read returns end of stream within `timeout`).
+pub fn closed_by_peer(conn: &mut TcpStream, timeout: Duration) -> bool {
+    conn.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds (returns how long that took) or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many datagrams `socket` receives within `window`.
+pub fn udp_packets(socket: &UdpSocket, window: Duration) -> usize {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    loop {
+        let left = window.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return n;
+        }
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        if socket.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+}
+
+/// The value of header `name` in an RTSP answer's head, if present.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
 }
