@@ -13,7 +13,7 @@ use gst_rtsp_server::prelude::*;
 
 use crate::branch::{self, Branch};
 use crate::config::{RtspConfig, RtspTransport};
-use crate::{keyframes, plan};
+use crate::{gop_gate, keyframes, plan};
 
 const MEDIA_LAUNCH: &str =
     "( appsrc name=src is-live=true format=time do-timestamp=false min-latency=0 \
@@ -243,8 +243,8 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
         .and_then(|b| b.by_name("src"))
         .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
         .ok_or_else(|| anyhow!("media has no appsrc"))?;
+    // Not leaky: the callback below drops instead, whole GOPs (`gop_gate`).
     appsrc.set_max_buffers(u64::from(shared.queue_buffers));
-    appsrc.set_leaky_type(gst_app::AppLeakyType::Downstream);
     // Encoders offset their timestamps (x264enc by 1000 h) and compensate in the segment: the
     // samples' segment must cross with them or every buffer would be 1000 h late.
     appsrc.set_handle_segment_change(true);
@@ -280,6 +280,8 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or_else(|| anyhow!("RTSP branch has no appsink"))?;
     let started = AtomicBool::new(false);
+    let gate = gop_gate::Gate::default();
+    let max_buffers = u64::from(shared.queue_buffers);
     let src = appsrc.downgrade();
     let src_eos = appsrc.downgrade();
     // Streaming thread of the branch queue. Delta frames before the first IDR are useless to a
@@ -300,6 +302,19 @@ fn configure_media(shared: &Arc<Shared>, media: &gst_rtsp_server::RTSPMedia) -> 
                 let Some(src) = src.upgrade() else {
                     return Err(gst::FlowError::Flushing);
                 };
+                // The media fell behind (a client that stopped reading): drop, and go on only
+                // from a keyframe.
+                if src.current_level_buffers() >= max_buffers {
+                    if gate.dropped() {
+                        if let Some(pad) = sink.static_pad("sink") {
+                            keyframes::request_for_client(&pad);
+                        }
+                    }
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                if !gate.pass(buffer) {
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 // A media shutting down answers FLUSHING; the branch is detached shortly.
                 match src.push_sample(&sample) {
                     Ok(_) | Err(gst::FlowError::Flushing) => Ok(gst::FlowSuccess::Ok),
