@@ -95,3 +95,86 @@ fn viewer_plays_goes_offline_and_resumes_without_reload() {
         .wait_for("FAILED", Duration::from_millis(10))
         .is_none());
 }
+
+#[test]
+fn timeline_shows_recordings_plays_one_and_goes_back_to_live() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let web = root.join("web/dist");
+    assert!(
+        web.join("index.html").exists(),
+        "build the viewer first: npm --prefix web run build"
+    );
+    let relay_port = free_port();
+    let _relay = camstream_signal_with(relay_port, &["--static-dir", web.to_str().unwrap()]);
+    let media = media_standin(free_port());
+    let rec = temp_dir("web-rec");
+    let cfg = device_config(free_port(), relay_port, media.push, "")
+        .replace("lease_seconds = 3", "lease_seconds = 10")
+        .replace(
+            "[recording]\nenabled = false",
+            &format!(
+                "[recording]\ndir = \"{}\"\nsegment_seconds = 2",
+                rec.display()
+            ),
+        );
+    let dev = Device::start("web-rec", &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+    // A few segments on the card before the page opens.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let shot = root.join("target/viewer-recording.png");
+    let url = format!(
+        "http://127.0.0.1:{relay_port}/index.html?device=test01&media=http://127.0.0.1:{}&heartbeat=2000",
+        media.http
+    );
+    let mut c = Command::new("node");
+    c.arg(node_dir().join("web_recordings.js"))
+        .arg(&url)
+        .arg(&shot);
+    let browser = Peer::spawn(c);
+    let step = |name: &str| {
+        browser
+            .wait_for(&format!("STEP {name}"), Duration::from_secs(90))
+            .or_else(|| browser.wait_for("FAILED", Duration::from_millis(10)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no step {name}: {:?}\n{}",
+                    browser.lines.lock().unwrap(),
+                    dev.log_text()
+                )
+            })
+            .1
+    };
+    let live = step("live");
+    assert!(live.starts_with("STEP live"), "{live}\n{}", dev.log_text());
+    let spans = step("spans");
+    eprintln!("{spans}");
+    let n: usize = spans
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{spans}"));
+    assert!(n >= 1, "{spans}");
+    let status = step("status");
+    eprintln!("{status}");
+    assert!(
+        status.contains("\"Recording\":\"on\"") && status.contains("\"Version\""),
+        "status panel: {status}"
+    );
+    let playing = step("recording");
+    eprintln!("{playing}");
+    assert!(
+        playing.contains("Recording from") && playing.contains("Picture from"),
+        "{playing}\n{}",
+        dev.log_text()
+    );
+    // The media server took a second push: the recording, beside live.
+    assert!(
+        media.peer.count("push started") >= 2,
+        "no playback push: {}",
+        dev.log_text()
+    );
+    let back = step("back-live");
+    assert!(back.starts_with("STEP back-live"), "{back}");
+    std::fs::remove_dir_all(rec).ok();
+}

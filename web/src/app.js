@@ -11,8 +11,13 @@
 //   &heartbeat=10000        heartbeat interval, ms
 //   &token=...              viewing token (a signed, short-lived one: `camstream token`), sent
 //                           with auth and heartbeatping; none: the seed's argument-less events
+// Recordings: the device answers `recordings` with the spans it has recorded (shown on the
+// timeline); a click asks to `play` from that time and the device pushes the recording to the
+// media server like live (`playback`, then `bridge <path>`); `stop` ends it, and live resumes.
+// `status` fills the device status panel.
 import { io } from "socket.io-client";
 import Hls from "hls.js/dist/hls.light.mjs";
+import { Timeline, clock } from "./timeline.js";
 
 const params = new URLSearchParams(location.search);
 const HEARTBEAT_MS = Number(params.get("heartbeat")) || 10000;
@@ -51,6 +56,22 @@ let requestedAt = 0;
 let firstPictureMs = null;
 let hiddenSince = null;
 let paused = false;
+let livePath = null; // the live stream's path, once the device announced it
+// The recording being played: { path, from (asked, ms), start (first frame, ms), t0 (the
+// video's clock at its first picture) }; null while live.
+let recording = null;
+let asked = null; // time (ms) of a `play` asked for and not answered yet
+let statusTimer = null;
+let recordingsTimer = null;
+
+const recordingsEl = document.getElementById("recordings");
+const goLiveButton = document.getElementById("golive");
+const recInfo = document.getElementById("recinfo");
+const statusPanel = document.getElementById("device-status");
+const statusList = document.getElementById("status-list");
+
+// A request with an object argument; the token, when there is one, travels in it.
+const emitRequest = (ev, arg) => socket && socket.emit(ev, token ? { ...arg, token } : arg);
 
 const say = (text, detail) => {
   statusEl.textContent = text;
@@ -244,9 +265,99 @@ video.addEventListener("playing", () => {
 
 setInterval(async () => {
   if (!currentPath || video.paused || video.readyState < 3) return;
+  if (recording) {
+    if (recording.path !== currentPath || recording.ended) return;
+    if (recording.t0 === null) recording.t0 = video.currentTime;
+    // The pushed stream starts at the recording's first frame: the picture's wall-clock time
+    // is that plus how far the video has played since.
+    const shown = recording.start + 1000 * (video.currentTime - recording.t0);
+    timeline.setCursor(shown);
+    say(`Recording from ${clock(recording.from)}`, `Picture from ${clock(shown)} · ${new Date(shown).toISOString().slice(0, 19)}Z`);
+    return;
+  }
+  timeline.setCursor(null);
   const delay = await liveDelay();
   say("Live", `First picture after ${firstPictureMs ?? "?"} ms · live delay ${delay}${fallbackNote}`);
 }, 500);
+
+// The recordings of the last 24 h, again every minute while the page shows them.
+function askRecordings() {
+  clearTimeout(recordingsTimer);
+  if (!socket || !socket.connected) return;
+  const now = Date.now();
+  emitRequest("recordings", { from: Math.floor(now / 1000) - 86400, to: Math.floor(now / 1000), id: "timeline" });
+  recordingsTimer = setTimeout(askRecordings, 60000);
+}
+
+function playFrom(ms) {
+  asked = ms;
+  if (recording) emitRequest("stop", { path: recording.path });
+  recording = null;
+  timeline.setCursor(ms);
+  say("Starting recording…", `From ${clock(ms)}`);
+  emitRequest("play", { from: ms / 1000, id: "timeline" });
+}
+
+function goLive() {
+  if (recording) emitRequest("stop", { path: recording.path });
+  recording = null;
+  asked = null;
+  goLiveButton.hidden = true;
+  timeline.setCursor(null);
+  currentPath = null;
+  requestedAt = performance.now();
+  firstPictureMs = null;
+  if (livePath) play(livePath);
+  else request();
+}
+
+function askStatus() {
+  clearTimeout(statusTimer);
+  if (!socket || !socket.connected) return;
+  emitRequest("status", { id: "panel" });
+  statusTimer = setTimeout(askStatus, 30000);
+}
+
+const bytes = (n) => (n >= 1e9 ? (n / 1e9).toFixed(1) + " GB" : (n / 1e6).toFixed(0) + " MB");
+const duration = (s) => (s >= 86400 ? `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`
+  : s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : `${Math.floor(s / 60)} min`);
+
+// The device's status, the parts a person looks at.
+function showStatus(st) {
+  const rows = [];
+  const add = (k, v) => { if (v !== undefined && v !== null && v !== "") rows.push([k, String(v)]); };
+  add("Version", st.version);
+  if (typeof st.uptime_s === "number") add("Up", duration(st.uptime_s));
+  const cam = st.camera || {};
+  if (cam.width) add("Camera", `${cam.width}×${cam.height}${cam.fps ? " @ " + (+cam.fps).toFixed(1) + " fps" : ""}${cam.running === false ? " (not running)" : ""}`);
+  const rec = st.recording || {};
+  add("Recording", rec.enabled ? (rec.attached ? "on" : "stopped") : "off");
+  if (rec.oldest_start) add("Oldest recording", clock(Date.parse(rec.oldest_start), false));
+  if (st.disk) add("Card", `${bytes(st.disk.free_bytes)} free of ${bytes(st.disk.size_bytes)}`);
+  const net = st.network;
+  if (net) {
+    let link = `${net.kind} (${net.interface})`;
+    if (net.wifi && net.wifi.signal_dbm != null) link += ` ${net.wifi.signal_dbm} dBm`;
+    if (net.modem) link += ` ${net.modem.operator || ""} ${net.modem.signal_percent != null ? net.modem.signal_percent + " %" : ""}`;
+    add("Network", link.trim());
+  }
+  if (typeof st.temperature_c === "number") add("Temperature", `${st.temperature_c.toFixed(0)} °C`);
+  add("Clock", st.clock_synced === false ? "not synchronised" : st.clock_synced ? "synchronised" : undefined);
+  const last = (st.last_errors || []).slice(-1)[0];
+  if (last) add("Last problem", `${last.message}`);
+  statusList.replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = k;
+    dd.textContent = v;
+    return [dt, dd];
+  }));
+  statusPanel.hidden = false;
+}
+
+const timeline = new Timeline(recordingsEl, playFrom);
+goLiveButton.addEventListener("click", goLive);
+setInterval(() => { if (!recordingsEl.hidden) timeline.render(); }, 10000);
 
 modeSelect.value = mode;
 modeSelect.addEventListener("change", () => {
@@ -290,18 +401,52 @@ function watch(id) {
   socket.on("disconnect", () => say("Reconnecting…"));
   socket.on("connect_error", () => say("Reconnecting…", "The signalling server does not answer."));
   socket.on("create", () => { say("Device offline", "Waiting for the device to come online."); request(); });
-  socket.on("join", () => { say("Starting video…"); request(); });
+  socket.on("join", () => { say("Starting video…"); request(); askRecordings(); askStatus(); });
   socket.on("heartbeatpong", () => {
     clearTimeout(heartbeatTimer);
     heartbeatTimer = setTimeout(heartbeat, HEARTBEAT_MS);
     watchOffline();
-    if (!currentPath) say("Starting video…");
+    if (!currentPath && !recording) say("Starting video…");
+    if (recordingsEl.hidden) askRecordings();
+    if (statusPanel.hidden) askStatus();
   });
   socket.on("bridge", (path) => {
     if (typeof path !== "string" || !/^[A-Za-z0-9_-]{1,64}$/.test(path)) return;
     watchOffline();
-    if (path !== currentPath) play(path);
+    if (recording && path === recording.path) {
+      if (path !== currentPath) play(path);
+      return;
+    }
+    livePath = path;
+    if (!recording && !asked && path !== currentPath) play(path);
   });
+  socket.on("recordings", (answer) => {
+    if (!answer || typeof answer !== "object" || !Array.isArray(answer.spans)) return;
+    recordingsEl.hidden = false;
+    timeline.setSpans(answer);
+  });
+  socket.on("playback", (p) => {
+    if (!p || typeof p.path !== "string" || asked === null) return;
+    recording = { path: p.path, from: asked, start: Date.parse(p.start) || asked, t0: null };
+    asked = null;
+    goLiveButton.hidden = false;
+    say("Starting recording…", `From ${clock(recording.start)}`);
+  });
+  socket.on("playback-ended", (p) => {
+    if (!recording || !p || p.path !== recording.path) return;
+    say("Recording ended", p.next ? `More from ${clock(Date.parse(p.next))}: click the timeline` : "Back to live or pick another time");
+    recording.ended = true;
+  });
+  socket.on("error", (e) => {
+    if (!e || typeof e !== "object" || typeof e.reason !== "string") return;
+    if (e.request === "play" || e.request === "seek") {
+      asked = null;
+      say(recording ? "Recording" : currentPath ? "Live" : "Starting video…", `Cannot play that time: ${e.reason}`);
+    } else {
+      recInfo.textContent = `${e.request}: ${e.reason}`;
+    }
+  });
+  socket.on("status", (st) => { if (st && typeof st === "object") showStatus(st); });
 }
 
 form.addEventListener("submit", (e) => {

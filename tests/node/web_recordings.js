@@ -1,0 +1,68 @@
+// Drives the web viewer's recordings timeline in headless Chromium (Debian's chromium, through
+// playwright-core) and reports each step on stdout for the Rust test that owns the device:
+//   STEP live                                   the page plays live
+//   STEP spans <n> <first-start> <first-end>    the timeline shows recorded spans
+//   STEP status <json>                          the status panel's rows
+//   STEP recording <status> | <details>         a click on the timeline plays a recording
+//   STEP back-live                              "Back to live" plays live again
+// node web_recordings.js VIEWER_URL SCREENSHOT_PATH
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const [url, shot] = process.argv.slice(2);
+const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  "--autoplay-policy=no-user-gesture-required"];
+const out = (line) => new Promise((r) => process.stdout.write(line + "\n", r));
+
+// The page's status line starts with `prefix` and the video's clock moves.
+async function waitPlaying(page, prefix, timeoutMs) {
+  const t0 = Date.now();
+  let last = -1;
+  while (Date.now() - t0 < timeoutMs) {
+    const [status, t] = await page.evaluate(() => [document.getElementById("status").textContent,
+      document.getElementById("video").currentTime]);
+    if (status.startsWith(prefix) && last >= 0 && t > last) return status;
+    last = status.startsWith(prefix) ? t : -1;
+    await page.waitForTimeout(500);
+  }
+  throw new Error(`not "${prefix}" within ${timeoutMs} ms: ${await page.textContent("#status")} | ${await page.textContent("#details")}`);
+}
+
+(async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "camstream-chromium-"));
+  const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", headless: true, args });
+  const page = ctx.pages()[0] || await ctx.newPage();
+  page.on("console", (m) => console.error("[page] " + m.text()));
+  await page.goto(url);
+  await waitPlaying(page, "Live", 45000);
+  await out("STEP live");
+
+  // Zoomed to the last 10 minutes, where a few seconds of recording are wide enough to hit.
+  await page.click("#recordings button[data-zoom='600']");
+  await page.waitForFunction(() => document.querySelectorAll("#recordings .span").length > 0, null, { timeout: 30000 });
+  const spans = await page.$$eval("#recordings .span", (els) => els.map((e) => [e.dataset.start, e.dataset.end]));
+  await out(`STEP spans ${spans.length} ${spans[0][0]} ${spans[0][1] || "open"}`);
+
+  await page.waitForFunction(() => !document.getElementById("device-status").hidden, null, { timeout: 30000 });
+  const rows = await page.$$eval("#status-list dt", (dts) => dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent]));
+  await out(`STEP status ${JSON.stringify(Object.fromEntries(rows))}`);
+
+  // Click a third of the way into the first span.
+  const box = await page.locator("#recordings .span").first().boundingBox();
+  await page.mouse.click(box.x + box.width / 3, box.y + box.height / 2);
+  const status = await waitPlaying(page, "Recording from", 45000);
+  const details = await page.textContent("#details");
+  await page.screenshot({ path: shot });
+  await out(`STEP recording ${status} | ${details}`);
+
+  await page.click("#golive");
+  await waitPlaying(page, "Live", 45000);
+  await out("STEP back-live");
+  await ctx.close();
+})().catch(async (e) => {
+  await out("FAILED " + e.message.split("\n")[0]);
+  process.exit(1);
+});
