@@ -4,30 +4,16 @@
 //! and hand their result back.
 
 /// Runs `work` on a new thread named `name`, then `then` with its result on the main loop.
-/// Called on the main-loop thread. If the thread cannot be made, `work` runs here instead:
-/// late is better than never.
+/// Called on the main-loop thread.
 pub fn offload<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
     then: impl FnOnce(T) + 'static,
 ) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let work = std::sync::Arc::new(std::sync::Mutex::new(Some(work)));
-    let w = work.clone();
-    let spawned = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            if let Some(work) = w.lock().ok().and_then(|mut w| w.take()) {
-                let _ = tx.send(work());
-            }
-        });
-    if spawned.is_err() {
-        log::warn!("cannot start a thread for {name}; running it on the main loop");
-        if let Some(work) = work.lock().ok().and_then(|mut w| w.take()) {
-            then(work());
-        }
-        return;
-    }
+    detached(name, move || {
+        let _ = tx.send(work());
+    });
     glib::MainContext::default().spawn_local(async move {
         if let Ok(v) = rx.await {
             then(v);
@@ -35,9 +21,10 @@ pub fn offload<T: Send + 'static>(
     });
 }
 
-/// Runs `work` on a new thread named `name` and forgets it (its result is of no interest to
-/// the main loop). If the thread cannot be made, `work` runs on the caller's thread.
+/// Runs `work` on a new thread named `name` and forgets it. If the thread cannot be made,
+/// `work` runs on the caller's thread instead: late is better than never.
 pub fn detached(name: &str, work: impl FnOnce() + Send + 'static) {
+    // Shared so that it can still be run here if the thread is refused.
     let work = std::sync::Arc::new(std::sync::Mutex::new(Some(work)));
     let w = work.clone();
     let spawned = std::thread::Builder::new()
@@ -48,6 +35,7 @@ pub fn detached(name: &str, work: impl FnOnce() + Send + 'static) {
             }
         });
     if spawned.is_err() {
+        log::warn!("cannot start a thread for {name}; running it here");
         if let Some(work) = work.lock().ok().and_then(|mut w| w.take()) {
             work();
         }

@@ -11,8 +11,9 @@ use common::peers::*;
 use common::*;
 use nix::sys::signal::Signal;
 
-#[test]
-fn viewer_plays_goes_offline_and_resumes_without_reload() {
+/// camstream-signal serving the built page, and the media stand-in: (repository root, relay
+/// port, relay, media server).
+fn serving_the_page() -> (PathBuf, u16, Peer, Media) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let web = root.join("web/dist");
     assert!(
@@ -20,10 +21,14 @@ fn viewer_plays_goes_offline_and_resumes_without_reload() {
         "build the viewer first: npm --prefix web run build"
     );
     let relay_port = free_port();
-    let _relay = camstream_signal_with(relay_port, &["--static-dir", web.to_str().unwrap()]);
-    let media = media_standin(free_port());
-    let rtsp_port = free_port();
-    let cfg = device_config(rtsp_port, relay_port, media.push, "")
+    let relay = camstream_signal_with(relay_port, &["--static-dir", web.to_str().unwrap()]);
+    (root, relay_port, relay, media_standin(free_port()))
+}
+
+#[test]
+fn viewer_plays_goes_offline_and_resumes_without_reload() {
+    let (root, relay_port, _relay, media) = serving_the_page();
+    let cfg = device_config(free_port(), relay_port, media.push, "")
         .replace("lease_seconds = 3", "lease_seconds = 10");
     let mut dev = Device::start("web", &cfg, &[]);
     dev.wait_log("signal: create room", Duration::from_secs(10));
@@ -98,15 +103,7 @@ fn viewer_plays_goes_offline_and_resumes_without_reload() {
 
 #[test]
 fn timeline_shows_recordings_plays_one_and_goes_back_to_live() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let web = root.join("web/dist");
-    assert!(
-        web.join("index.html").exists(),
-        "build the viewer first: npm --prefix web run build"
-    );
-    let relay_port = free_port();
-    let _relay = camstream_signal_with(relay_port, &["--static-dir", web.to_str().unwrap()]);
-    let media = media_standin(free_port());
+    let (root, relay_port, _relay, media) = serving_the_page();
     let rec = temp_dir("web-rec");
     let cfg = device_config(free_port(), relay_port, media.push, "")
         .replace("lease_seconds = 3", "lease_seconds = 10")
