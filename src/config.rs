@@ -293,6 +293,7 @@ pub struct Config {
     pub uplink: UplinkConfig,
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -627,6 +628,25 @@ impl Default for LogConfig {
     }
 }
 
+/// Prometheus metrics over HTTP. Off by default, and on loopback by default: they need no
+/// credentials, and tell when someone watches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address and port of the HTTP server (`GET /metrics`).
+    pub bind: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 9998)),
+        }
+    }
+}
+
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -817,6 +837,9 @@ impl Config {
         if up.user.is_empty() != up.password.is_empty() {
             bail!("keys `uplink.user` and `uplink.password`: set both or neither");
         }
+        if self.metrics.enabled && self.metrics.bind.port() == 0 {
+            bail!("key `metrics.bind`: needs a port, e.g. \"127.0.0.1:9998\"");
+        }
         if self.camera.formats.is_empty() {
             bail!("key `camera.formats`: must list at least one format");
         }
@@ -912,5 +935,21 @@ mod tests {
             .to_string();
         assert!(e.contains("rtsp.port"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn metrics_off_and_on_loopback_by_default() {
+        let c = Config::from_str_with_origin("t", "").unwrap();
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.metrics.bind.to_string(), "127.0.0.1:9998");
+        let e = Config::from_str_with_origin("f", "[metrics]\nbind = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f:2: key `metrics.bind`"), "{e}");
+        let e =
+            Config::from_str_with_origin("f", "[metrics]\nenabled = true\nbind = \"[::1]:0\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("key `metrics.bind`: needs a port"), "{e}");
     }
 }

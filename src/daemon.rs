@@ -25,6 +25,7 @@ use crate::profile::Profiles;
 use crate::recording::{Recorder, Recovery};
 use crate::rtsp::RtspServer;
 use crate::signal::{self, Command};
+use crate::status;
 use crate::uplink::Uplink;
 
 struct State {
@@ -61,6 +62,9 @@ struct State {
     viewers: HashMap<String, Instant>,
     /// Paths to announce with `bridge`.
     bridge_tx: Option<tokio::sync::mpsc::Sender<signal::Bridge>>,
+    /// Answers to viewers' requests (`status`).
+    answer_tx: Option<tokio::sync::mpsc::Sender<signal::Answer>>,
+    status: status::Reporter,
     main_loop: glib::MainLoop,
     exit_code: i32,
     stopping: bool,
@@ -590,13 +594,47 @@ fn watching(s: &State) -> bool {
     watchers(s).next().is_some()
 }
 
+/// The device's status now. Main-loop thread.
+fn current_status(s: &State) -> status::Status {
+    s.status.status(&status::Parts {
+        cfg: &s.cfg,
+        profile: &s.profiles.board.name,
+        pipeline: &s.pipeline,
+        source: s.source.as_ref(),
+        drops: &s.drops,
+        recording_attached: s.recorder.as_ref().is_some_and(|r| r.is_attached()),
+        uplink_attached: s.uplink.as_ref().is_some_and(|u| u.is_attached()),
+        uplink_live: s.uplink.as_ref().is_some_and(|u| u.live_path().is_some()),
+        viewers: watchers(s).count(),
+        rtsp: s.rtsp.as_ref().map(|r| r.sessions()),
+    })
+}
+
+/// Answers a viewer's `status`. Main-loop thread.
+fn answer_status(st: &Shared, viewer: String) {
+    let s = st.borrow();
+    let Some(tx) = &s.answer_tx else { return };
+    let args = match serde_json::to_value(current_status(&s)) {
+        Ok(v) => vec![v],
+        Err(e) => return log::warn!("status: cannot serialise: {e}"),
+    };
+    let _ = tx.try_send(signal::Answer {
+        event: "status",
+        args,
+        to: vec![viewer],
+    });
+}
+
 /// A command from the signalling thread. Main-loop thread.
 fn on_command(st: &Shared, cmd: Command) {
-    let Command::Watch {
-        viewer,
-        until,
-        asked,
-    } = cmd;
+    let (viewer, until, asked) = match cmd {
+        Command::Watch {
+            viewer,
+            until,
+            asked,
+        } => (viewer, until, asked),
+        Command::Status { viewer } => return answer_status(st, viewer),
+    };
     let (fresh, new_viewer) = {
         let mut s = st.borrow_mut();
         let fresh = !watching(&s);
@@ -662,18 +700,21 @@ fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
     use tokio::sync::mpsc;
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let (bridge_tx, bridge_rx) = mpsc::channel::<signal::Bridge>(16);
+    let (answer_tx, answer_rx) = mpsc::channel::<signal::Answer>(16);
     let (live_tx, mut live_rx) = mpsc::channel::<u64>(16);
     signal::spawn(
         cfg.signal.clone(),
         cfg.device.id.as_str().to_string(),
         cmd_tx,
         bridge_rx,
+        answer_rx,
     )
     .context("cannot start the signalling thread")?;
     {
         let mut s = st.borrow_mut();
         s.uplink = Some(Uplink::new(&cfg.uplink, cfg.device.id.as_str(), live_tx));
         s.bridge_tx = Some(bridge_tx);
+        s.answer_tx = Some(answer_tx);
     }
     let ctx = glib::MainContext::default();
     let st1 = st.clone();
@@ -694,6 +735,25 @@ fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
         glib::ControlFlow::Continue
     });
     log::info!("remote viewing: signalling at {}", cfg.signal.url);
+    Ok(())
+}
+
+/// Publishes the status every second for the metrics server, which serves the last one.
+fn start_metrics(st: &Shared, bind: std::net::SocketAddr) -> Result<()> {
+    let publish = {
+        let st = st.clone();
+        move || {
+            let s = st.borrow();
+            s.status.publish(current_status(&s));
+        }
+    };
+    publish();
+    crate::metrics::spawn(bind, st.borrow().status.published())
+        .context("cannot start the metrics thread")?;
+    glib::timeout_add_local(Duration::from_secs(1), move || {
+        publish();
+        glib::ControlFlow::Continue
+    });
     Ok(())
 }
 
@@ -915,6 +975,8 @@ pub fn run(cfg: Config) -> Result<i32> {
         uplink_retry: Retry::new(cfg.uplink.retry_max_seconds.get()),
         viewers: HashMap::new(),
         bridge_tx: None,
+        answer_tx: None,
+        status: status::Reporter::start(&cfg),
         main_loop: main_loop.clone(),
         exit_code: 0,
         stopping: false,
@@ -987,6 +1049,10 @@ pub fn run(cfg: Config) -> Result<i32> {
     try_display(&st);
     if cfg.signal.enabled {
         start_remote_viewing(&st, &cfg)?;
+    }
+
+    if cfg.metrics.enabled {
+        start_metrics(&st, cfg.metrics.bind)?;
     }
 
     crate::sdnotify::ready();

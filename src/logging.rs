@@ -1,8 +1,15 @@
 //! A small logger for stderr. Under systemd (JOURNAL_STREAM set) each line starts with a
 //! syslog priority prefix (`<3>`) that journald turns into the entry's priority, so
 //! `journalctl -p warning -u camstream` works without a journald client library.
+//!
+//! The last warnings and errors are also kept in memory, with their times, for the device's
+//! status (`status.rs`), and counted for the metrics.
 
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -30,6 +37,9 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        if record.level() <= Level::Warn {
+            remember(record);
+        }
         let line = if self.journal {
             format!("<{}>{}\n", priority(record.level()), record.args())
         } else {
@@ -49,6 +59,54 @@ impl Log for StderrLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// The last warnings and errors, for the device's status.
+static RECENT: Mutex<VecDeque<(SystemTime, Level, String)>> = Mutex::new(VecDeque::new());
+/// How many are kept.
+const RECENT_MAX: usize = 10;
+/// Longest message kept, in bytes.
+const RECENT_BYTES: usize = 1024;
+static WARNINGS: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+fn remember(record: &Record) {
+    let counter = if record.level() == Level::Error {
+        &ERRORS
+    } else {
+        &WARNINGS
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let mut message = record.args().to_string();
+    if message.len() > RECENT_BYTES {
+        let mut cut = RECENT_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    if let Ok(mut recent) = RECENT.lock() {
+        if recent.len() == RECENT_MAX {
+            recent.pop_front();
+        }
+        recent.push_back((SystemTime::now(), record.level(), message));
+    }
+}
+
+/// The last warnings and errors logged (at most 10), oldest first, with their times.
+pub fn recent_problems() -> Vec<(SystemTime, Level, String)> {
+    RECENT
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// (warnings, errors) logged since start.
+pub fn problem_counts() -> (u64, u64) {
+    (
+        WARNINGS.load(Ordering::Relaxed),
+        ERRORS.load(Ordering::Relaxed),
+    )
 }
 
 pub fn level_filter(level: LogLevel) -> LevelFilter {

@@ -183,6 +183,12 @@ impl RtspServer {
     pub fn set_stopping(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
     }
+
+    /// (sessions, connected clients), for the device's status. Main-loop thread.
+    pub fn sessions(&self) -> (u32, usize) {
+        let sessions = self._server.session_pool().map_or(0, |p| p.n_sessions());
+        (sessions, self.shared.clients.load(Ordering::SeqCst))
+    }
 }
 
 /// The warning for a server anyone who reaches the device can watch: every address, no

@@ -2,7 +2,8 @@
 //! on every (re)connect emit `find <device id> [<device key>]` (a reconnected socket has no
 //! rooms); a viewer's `auth <token>` lets it in and starts the uplink, its `heartbeatping` is
 //! answered with `heartbeatpong` and renews its own lease; `bridge <path>` tells the viewers
-//! that were let in where to play once the uplink is live.
+//! that were let in where to play once the uplink is live. A viewer let in the same way may
+//! ask `status`: the answer, `status <object>` (`status.rs`), is addressed like `heartbeatpong`.
 //!
 //! Through camstream-signal (a `device_key` is set) every viewer event carries the viewer's
 //! socket id as a last argument `{"viewer": id}`, and the device's answers name who they are
@@ -39,6 +40,18 @@ pub enum Command {
         until: Instant,
         asked: bool,
     },
+    /// A viewer that was let in asks for the device's status; the answer goes back as an
+    /// `Answer` for `viewer` (empty: an anonymous viewer of a plain relay).
+    Status { viewer: String },
+}
+
+/// An event the media side answers a viewer with, addressed like `heartbeatpong`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub event: &'static str,
+    pub args: Vec<Value>,
+    /// Viewers (socket ids) it is for; empty or containing "": everyone in the room.
+    pub to: Vec<String>,
 }
 
 /// What the media side asks the signalling side to send.
@@ -53,6 +66,8 @@ pub struct Bridge {
 const MAX_PAYLOAD: usize = 1024;
 /// Viewers remembered at once (let in, not yet gone); the oldest are forgotten first.
 const MAX_VIEWERS: usize = 256;
+/// `status` requests handed to the media side per second, all viewers together.
+const STATUS_PER_SECOND: u32 = 10;
 
 /// A viewer that was let in.
 struct Admitted {
@@ -68,6 +83,8 @@ struct Handler {
     to_main: mpsc::Sender<Command>,
     admitted: Mutex<HashMap<String, Admitted>>,
     dropped: AtomicU64,
+    /// The current second's `status` requests: (its start, how many).
+    status_window: Mutex<(Instant, u32)>,
 }
 
 /// A viewer event's parts: its token (first argument: "tok" or {"token": "tok"}) and, through
@@ -176,6 +193,16 @@ impl Handler {
         Some(entry.grant.clone())
     }
 
+    /// Whether another `status` request may go to the media side this second.
+    fn status_allowed(&self) -> bool {
+        let mut w = self.status_window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        w.1 += 1;
+        w.1 <= STATUS_PER_SECOND
+    }
+
     /// Dispatches one event. Runs inside rust_socketio's handler: never blocks.
     async fn handle(&self, event: Event, payload: Payload, socket: Client) {
         let args = match payload {
@@ -226,6 +253,24 @@ impl Handler {
                 let pong = addressed(vec![], std::slice::from_ref(&viewer));
                 if let Err(e) = socket.emit("heartbeatpong", pong).await {
                     log::warn!("signal: cannot answer heartbeat: {e}");
+                }
+            }
+            // An answer (ours relayed back, or another device's on a plain relay) asks nothing.
+            "status" if args.first().is_some_and(|a| a.get("version").is_some()) => {}
+            "status" => {
+                // The same rule as a heartbeat: a viewer let in before, or a valid token.
+                if self
+                    .known(&viewer)
+                    .or_else(|| self.admit(&viewer, token))
+                    .is_none()
+                {
+                    return;
+                }
+                if !self.status_allowed() {
+                    return self.drop_event("too many status requests");
+                }
+                if self.to_main.try_send(Command::Status { viewer }).is_err() {
+                    self.drop_event("media side busy");
                 }
             }
             "create" | "join" => log::info!("signal: {name} room {}", self.policy.device),
@@ -295,12 +340,14 @@ fn tls_connector(ca_file: &str) -> anyhow::Result<native_tls::TlsConnector> {
     Ok(b.build()?)
 }
 
-/// Starts the signalling thread. `from_main` carries the paths to announce with `bridge`.
+/// Starts the signalling thread. `from_main` carries the paths to announce with `bridge`,
+/// `answers` what the media side answers viewers' requests with.
 pub fn spawn(
     cfg: SignalConfig,
     device: String,
     to_main: mpsc::Sender<Command>,
     mut from_main: mpsc::Receiver<Bridge>,
+    mut answers: mpsc::Receiver<Answer>,
 ) -> std::io::Result<()> {
     let policy = Policy {
         device,
@@ -338,6 +385,7 @@ pub fn spawn(
                     to_main,
                     admitted: Mutex::new(HashMap::new()),
                     dropped: AtomicU64::new(0),
+                    status_window: Mutex::new((Instant::now(), 0)),
                 });
                 // The first connection is retried here; rust_socketio reconnects after that.
                 let mut delay = Duration::from_secs(1);
@@ -356,6 +404,14 @@ pub fn spawn(
                         }
                     }
                 };
+                let answering = client.clone();
+                tokio::spawn(async move {
+                    while let Some(Answer { event, args, to }) = answers.recv().await {
+                        if let Err(e) = answering.emit(event, addressed(args, &to)).await {
+                            log::warn!("signal: cannot emit {event}: {e}");
+                        }
+                    }
+                });
                 while let Some(Bridge { path, to }) = from_main.recv().await {
                     log::info!("signal: bridge {path}");
                     // Seed viewers read the first argument only.

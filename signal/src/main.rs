@@ -3,23 +3,25 @@
 //!
 //! Open (no `--device-secret-file`, the seed's behaviour):
 //! - `find <room>`: the sender joins the room and gets `create` if it was empty, else `join`;
-//! - `auth`, `heartbeatping`, `heartbeatpong`, `bridge`: relayed, with their arguments, to the
-//!   other members of the sender's rooms.
+//! - `auth`, `heartbeatping`, `heartbeatpong`, `bridge`, `status`: relayed, with their
+//!   arguments, to the other members of the sender's rooms.
 //!
 //! Closed (`--device-secret-file`): a room has one device, proven by its key
 //! (`find <room> <device key>`; see device_key.rs); a wrong key is refused with `refused`, and a
 //! device that proves itself again (reconnecting) replaces the old socket. Every other member
 //! is a viewer (`find <room>`, answered `join` when the device is online, else `create`).
-//! - a viewer's `auth` and `heartbeatping` go to the device only, with the viewer's id added as
-//!   a last argument `{"viewer": id}`;
-//! - the device's `bridge` and `heartbeatpong` go only to the viewers named in their last
-//!   argument `{"to": id | [ids]}` that are in its room, without that argument;
+//! - a viewer's `auth`, `heartbeatping` and `status` go to the device only, with the viewer's id
+//!   added as a last argument `{"viewer": id}`;
+//! - the device's `bridge`, `heartbeatpong` and `status` go only to the viewers named in their
+//!   last argument `{"to": id | [ids]}` that are in its room, without that argument;
 //! - nothing else is relayed: a viewer that was not let in learns nothing, not even who else
 //!   watches.
 //!
 //! Anything else, or a payload of the wrong type or size, is dropped.
 //!
-//! It also serves static files (the web viewer) and answers CORS as configured. Several nodes
+//! It also lists the devices that proved their key, online or not (`GET /devices`, JSON, and
+//! `/devices.html`: devices.rs), serves static files (the web viewer) and answers CORS as
+//! configured. Several nodes
 //! can share rooms through Redis (`--redis redis://host:6379`): a viewer on one node reaches a
 //! device on another.
 
@@ -36,6 +38,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 
 mod device_key;
+mod devices;
 mod lock;
 mod redis_driver;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -71,7 +74,7 @@ enum Cmd {
 }
 
 /// Events relayed between the members of a room.
-const RELAYED: [&str; 4] = ["auth", "heartbeatping", "heartbeatpong", "bridge"];
+const RELAYED: [&str; 5] = ["auth", "heartbeatping", "heartbeatpong", "bridge", "status"];
 /// Room names: device ids.
 fn valid_room(v: &Value) -> Option<String> {
     let s = v.as_str()?;
@@ -110,11 +113,13 @@ impl<'de> serde::Deserialize<'de> for EventArgs {
     }
 }
 
-/// Arguments relayed: at most 4, each small. A 100 kB "auth" is not an auth.
-fn valid_args(args: &[Value]) -> bool {
+/// Arguments relayed: at most 4, each small. A 100 kB "auth" is not an auth; a device's
+/// `status` answer (a few kB) may take 16 kB.
+fn valid_args(ev: &str, args: &[Value]) -> bool {
+    let limit = if ev == "status" { 16 * 1024 } else { 1024 };
     args.len() <= 4
         && serde_json::to_string(args)
-            .map(|s| s.len() <= 1024)
+            .map(|s| s.len() <= limit)
             .unwrap_or(false)
 }
 
@@ -165,7 +170,7 @@ async fn register_handlers<A: Adapter>(
             ev,
             async move |s: SocketRef<A>, TryData::<EventArgs>(args)| {
                 let args = args.unwrap_or_default().0;
-                if !valid_args(&args) {
+                if !valid_args(ev, &args) {
                     tracing::debug!(id = %s.id, ev, "oversized payload dropped");
                     return;
                 }
@@ -240,6 +245,15 @@ async fn find_closed<A: Adapter>(s: SocketRef<A>, room: String, key: Option<&str
             }
             s.join(dev);
             drop(guard);
+            devices::connected(&room, &s.id.to_string());
+            let r = room.clone();
+            s.on_disconnect(move |s: SocketRef<A>| {
+                let r = r.clone();
+                async move {
+                    devices::disconnected(&r, &s.id.to_string());
+                    tracing::info!(id = %s.id, room = %r, "device gone");
+                }
+            });
             let _ = s.emit("create", &room);
             tracing::info!(id = %s.id, %room, "device found its room");
         }
@@ -273,7 +287,7 @@ async fn relay_open<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<Val
 async fn relay_closed<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<Value>) {
     match (ev, device_of(&s)) {
         // A viewer asks its devices: the token (if any) and who asks.
-        ("auth" | "heartbeatping", None) => {
+        ("auth" | "heartbeatping" | "status", None) => {
             let token = args.first().cloned().unwrap_or(Value::Null);
             let who = serde_json::json!({ "viewer": s.id.to_string() });
             for room in found_rooms(&s) {
@@ -283,7 +297,7 @@ async fn relay_closed<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<V
             }
         }
         // The device answers the viewers it let in, and only those of its room.
-        ("bridge" | "heartbeatpong", Some(room)) => {
+        ("bridge" | "heartbeatpong" | "status", Some(room)) => {
             let to: Vec<String> = match args.last().and_then(|a| a.get("to")) {
                 Some(Value::String(id)) => vec![id.clone()],
                 Some(Value::Array(ids)) => ids
@@ -347,7 +361,9 @@ async fn main() -> Result<()> {
     } else {
         tracing::warn!("open relay (no --device-secret-file): every member of a room sees every relayed event, tokens and paths included");
     }
-    let mut app = axum::Router::new();
+    let mut app = axum::Router::new()
+        .route("/devices", axum::routing::get(devices::json_handler))
+        .route("/devices.html", axum::routing::get(devices::html_handler));
     if let Some(dir) = &args.static_dir {
         // The build ships gzip copies next to the files (web/: npm run build).
         app = app.fallback_service(ServeDir::new(dir).precompressed_gzip());

@@ -1,6 +1,7 @@
 // A plain Socket.IO v4 relay with rooms, as the seed's server behaves:
 // find(room) joins and answers create (room was empty) or join; auth, heartbeatping,
-// heartbeatpong and bridge go to the other members of the sender's rooms.
+// heartbeatpong and bridge go to the other members of the sender's rooms. It relays `status`
+// the same way (a seed server relays what it is told to; the device's status needs this one).
 // node relay.js PORT [--tls CERT.pem KEY.pem]   (with --tls: HTTPS and WSS only)
 const fs = require("fs");
 const { Server } = require("socket.io");
@@ -24,7 +25,7 @@ io.on("connection", (socket) => {
     socket.join(room);
     socket.emit(size === 0 ? "create" : "join", room);
   });
-  for (const ev of ["auth", "heartbeatping", "heartbeatpong", "bridge"]) {
+  for (const ev of ["auth", "heartbeatping", "heartbeatpong", "bridge", "status"]) {
     socket.on(ev, (...args) => {
       for (const room of socket.rooms) {
         if (room !== socket.id) socket.to(room).emit(ev, ...args);

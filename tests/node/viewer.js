@@ -2,6 +2,9 @@
 // node viewer.js URL DEVICE [HEARTBEAT_MS] [--no-heartbeat-after MS] [--token T] [--find-key K]
 //   --token T      send T with auth and heartbeatping (a device that requires a token)
 //   --find-key K   claim to be the device: find DEVICE K (and do nothing a viewer does)
+//   --status MS    after auth, ask the device for its status (`status`, with the token if any),
+//                  then again every MS ms (0: once); each answer is printed like any event
+//                  ({"event": "status", "arg": {...}}), and as {"status": {...}} on a line of its own
 // Prints one JSON line per event received: {"t": ms since start, "event": ..., "arg": first
 // argument, "args": all arguments}, and {"event": "connect"|"disconnect"}.
 const { io } = require("socket.io-client");
@@ -14,6 +17,7 @@ const heartbeatMs = Number(hbArg || 10000);
 const stopAfter = opt("--no-heartbeat-after") !== undefined ? Number(opt("--no-heartbeat-after")) : Infinity;
 const token = opt("--token");
 const findKey = opt("--find-key");
+const statusMs = opt("--status") !== undefined ? Number(opt("--status")) : undefined;
 const t0 = Date.now();
 const log = (event, args = []) =>
   console.log(JSON.stringify({ t: Date.now() - t0, event, arg: args[0], args }));
@@ -26,11 +30,19 @@ socketio.on("connect", () => {
   else socketio.emit("find", device);
 });
 socketio.on("disconnect", () => log("disconnect"));
+let status_timer;
 const start = () => {
   if (findKey !== undefined) return;
   withToken("auth");
   withToken("heartbeatping");
+  if (statusMs === undefined) return;
+  withToken("status");
+  if (statusMs > 0 && !status_timer) status_timer = setInterval(() => withToken("status"), statusMs);
 };
+// A device's answer is an object; other viewers' requests (a plain relay shows them) are not.
+socketio.on("status", (s) => {
+  if (s && typeof s === "object") console.log(JSON.stringify({ status: s }));
+});
 socketio.on("create", start);
 socketio.on("join", start);
 let heartbeat_timer;

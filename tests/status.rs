@@ -1,0 +1,532 @@
+//! The device's status and metrics, and the relay's list of devices, against real peers: the
+//! device, camstream-signal (closed) and the plain Node relay, Node socket.io-client viewers
+//! asking `status`, the media stand-in, and plain TCP clients for the HTTP endpoints.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::peers::*;
+use common::recordings::mp4_files;
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const SECRET: &str = "relay-secret-0123456789";
+
+/// camstream-signal, closed, and the device key of `device` under it.
+fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
+    let file = dir.join("device-secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let out = Command::new(camstream_signal_bin())
+        .args(["--device-secret-file", &f, "device-key", device])
+        .output()
+        .expect("camstream-signal device-key");
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (
+        camstream_signal_with(port, &["--device-secret-file", &f]),
+        key,
+    )
+}
+
+/// `config` with recording on, into `dir`, in one-second segments.
+fn recording_into(config: &str, dir: &Path) -> String {
+    let out = config.replace(
+        "[recording]\nenabled = false",
+        &format!(
+            "[recording]\ndir = \"{}\"\nsegment_seconds = 1",
+            dir.display()
+        ),
+    );
+    assert_ne!(out, config);
+    out
+}
+
+/// The status answers a viewer printed (`{"status": {...}}` lines), in order.
+fn statuses(p: &Peer) -> Vec<Value> {
+    p.lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, l)| {
+            serde_json::from_str::<Value>(l)
+                .ok()?
+                .get("status")
+                .cloned()
+        })
+        .collect()
+}
+
+/// The first status answer after the `skip` first that satisfies `pred`.
+fn wait_status(p: &Peer, skip: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = statuses(p).into_iter().skip(skip).find(|s| pred(s)) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "no such status within {timeout:?}; got:\n{:#?}",
+            statuses(p)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn frames(s: &Value, branch: &str) -> u64 {
+    s["branches"][branch]["frames"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no frames for branch {branch}: {s:#}"))
+}
+
+/// The interface of this machine's default route with the lowest metric, read here.
+fn default_route() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let up = u32::from_str_radix(f[3], 16).ok()? & 1 == 1;
+            (up && f[1] == "00000000" && f[7] == "00000000")
+                .then(|| (f[6].parse::<u64>().unwrap(), f[0].to_string()))
+        })
+        .min()
+        .map(|(_, i)| i)
+}
+
+/// "2026-12-03T16:45:12Z" from a recording's name `<device>_20261203T164512Z_<boot>-<seg>.mp4`.
+fn start_of(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    let t = name.split('_').nth(1)?;
+    if t.len() != 16 || !t.ends_with('Z') {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &t[0..4],
+        &t[4..6],
+        &t[6..8],
+        &t[9..11],
+        &t[11..13],
+        &t[13..15]
+    ))
+}
+
+/// What the rest of the status must say whatever the relay: the facts the device and this
+/// machine show from the outside.
+fn check_common(s: &Value, dev: &Device) {
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s:#}");
+    assert_eq!(s["device"], "test01");
+    let profile = s["profile"].as_str().unwrap();
+    assert!(
+        dev.log_text()
+            .contains(&format!("board profile {profile} (")),
+        "profile {profile:?} is not the one the device logged"
+    );
+    assert_eq!(s["encoder"], "x264enc");
+    assert_eq!(s["bitrate_kbps"], 500);
+    let cam = &s["camera"];
+    assert_eq!(cam["source"], "test");
+    assert_eq!(cam["running"], true);
+    assert_eq!(cam["width"], 320);
+    assert_eq!(cam["height"], 240);
+    assert_eq!(cam["fps"], 30.0);
+    assert!(cam["device"].is_null());
+    assert_eq!(s["rtsp"]["enabled"], true);
+    assert_eq!(s["rtsp"]["sessions"], 0);
+    assert!(s["uptime_s"].as_u64().is_some());
+    assert!(s["time"].as_str().unwrap().ends_with('Z'));
+    // The machine's own facts, read here.
+    let synced = s["clock_synced"].as_bool().expect("clock_synced");
+    if Path::new("/run/systemd/timesync/synchronized").exists() {
+        assert!(synced);
+    }
+    match default_route() {
+        Some(iface) => assert_eq!(s["network"]["interface"], iface.as_str(), "{s:#}"),
+        None => assert!(s["network"].is_null(), "{s:#}"),
+    }
+    let zones = std::fs::read_dir("/sys/class/thermal")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("temp").exists())
+                .count()
+        })
+        .unwrap_or(0);
+    if zones == 0 {
+        assert!(s["temperature_c"].is_null());
+    }
+    for p in s["last_errors"].as_array().expect("last_errors") {
+        assert!(p["time"].as_str().unwrap().ends_with('Z'), "{p}");
+        assert!(p["level"] == "warning" || p["level"] == "error", "{p}");
+    }
+    assert!(s["last_errors"].as_array().unwrap().len() <= 10);
+}
+
+#[test]
+fn status_through_camstream_signal_only_for_viewers_let_in() {
+    let dir = temp_dir("status-closed");
+    let rec = dir.join("rec");
+    let relay_port = free_port();
+    let (_relay, key) = closed_relay(relay_port, &dir, "test01");
+    let media = media_standin(free_port());
+    let signal = format!("token = \"s3cret\"\ndevice_key = \"{key}\"");
+    let cfg = recording_into(
+        &device_config_signal(free_port(), relay_port, media.push, &signal, ""),
+        &rec,
+    );
+    let dev = Device::start("status-closed", &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+
+    // A viewer without the token asks too, twice a second, from before the owner is there.
+    let stranger = viewer_with(relay_port, "test01", 300, &["--status", "500"]);
+    stranger
+        .wait_for("\"join\"", Duration::from_secs(10))
+        .expect("the stranger joins");
+    let owner = viewer_with(
+        relay_port,
+        "test01",
+        500,
+        &["--token", "s3cret", "--status", "1000"],
+    );
+    let (_, line) = owner
+        .wait_for("\"bridge\"", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no bridge:\n{}", dev.log_text()));
+    let path = bridge_path(&line);
+    dev.wait_log("recording: segment", Duration::from_secs(10));
+
+    // Live, and the card walked since the first file.
+    let s1 = wait_status(&owner, 0, Duration::from_secs(15), |s| {
+        s["uplink"]["live"] == true && !s["recording"]["oldest_start"].is_null()
+    });
+    let n1 = statuses(&owner).len();
+    let s2 = wait_status(&owner, n1, Duration::from_secs(5), |_| true);
+    eprintln!("{s2:#}");
+    check_common(&s1, &dev);
+    check_common(&s2, &dev);
+
+    for branch in ["camera", "encode", "recording", "uplink"] {
+        assert!(
+            frames(&s2, branch) > frames(&s1, branch),
+            "{branch}: frames did not grow between two requests a second apart"
+        );
+    }
+    assert_eq!(s1["uplink"]["enabled"], true);
+    assert_eq!(s1["uplink"]["attached"], true);
+    assert_eq!(s1["uplink"]["viewers"], 1);
+
+    let r = &s2["recording"];
+    assert_eq!(r["enabled"], true);
+    assert_eq!(r["attached"], true);
+    assert_eq!(r["dir"], rec.to_str().unwrap());
+    assert!(r["files"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
+    // The oldest start is the earliest of the files on the card.
+    let oldest = mp4_files(&rec)
+        .iter()
+        .filter_map(|f| start_of(f))
+        .min()
+        .expect("a recording with a start time");
+    assert_eq!(r["oldest_start"], oldest.as_str(), "{r}");
+
+    // The disk is the one holding the recordings.
+    let disk = &s2["disk"];
+    let vfs = nix::sys::statvfs::statvfs(&rec).unwrap();
+    let size = vfs.blocks() as u64 * vfs.fragment_size() as u64;
+    assert_eq!(disk["size_bytes"], size, "{disk}");
+    let (used, free) = (
+        disk["used_bytes"].as_u64().unwrap(),
+        disk["free_bytes"].as_u64().unwrap(),
+    );
+    assert!(free > 0 && used > 0 && used + free <= size, "{disk}");
+
+    // The stranger's refused request is among the last problems, in words a viewer may read.
+    assert!(
+        s2["last_errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["message"].as_str().unwrap().contains("viewer refused")),
+        "{s2:#}"
+    );
+    for s in statuses(&owner) {
+        let text = s.to_string();
+        for secret in ["s3cret", key.as_str(), path.as_str()] {
+            assert!(
+                !text.contains(secret),
+                "the status tells {secret:?}: {text}"
+            );
+        }
+    }
+
+    // Nothing ever reached the viewer that was not let in, although it kept asking.
+    assert!(statuses(&owner).len() >= 2);
+    let leaked = stranger
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| l.contains("status"))
+        .count();
+    assert_eq!(leaked, 0, "the stranger got {leaked} status answers");
+    assert!(dev.log_text().contains("viewer refused"));
+}
+
+#[test]
+fn status_through_the_plain_relay_on_an_open_device() {
+    let relay_port = free_port();
+    let _relay = relay(relay_port);
+    // Nothing listens there: the uplink fails and is retried, with warnings.
+    let dead = free_port();
+    let cfg = device_config(free_port(), relay_port, dead, "")
+        .replace("rtsp://127.0.0.1:", "rtsp://camuser:campass@127.0.0.1:");
+    assert!(cfg.contains("campass@"));
+    let dev = Device::start("status-plain", &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+    let v = viewer_with(relay_port, "test01", 500, &["--status", "1000"]);
+    dev.wait_log("recording and local RTSP go on", Duration::from_secs(15));
+    let s1 = wait_status(&v, 0, Duration::from_secs(10), |s| {
+        s["last_errors"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["message"].as_str().unwrap().starts_with("uplink:"))
+        })
+    });
+    let n1 = statuses(&v).len();
+    let s2 = wait_status(&v, n1, Duration::from_secs(5), |_| true);
+    eprintln!("{s2:#}");
+    check_common(&s1, &dev);
+    check_common(&s2, &dev);
+    for branch in ["camera", "encode"] {
+        assert!(frames(&s2, branch) > frames(&s1, branch), "{branch}");
+    }
+    assert_eq!(s2["uplink"]["enabled"], true);
+    assert_eq!(s2["uplink"]["live"], false);
+    assert_eq!(s2["uplink"]["viewers"], 1);
+    let r = &s2["recording"];
+    assert_eq!(r["enabled"], false);
+    assert_eq!(r["attached"], false);
+    assert!(r["dir"].is_null() && r["files"].is_null() && r["oldest_start"].is_null());
+    assert!(s2["disk"]["size_bytes"].as_u64().unwrap() > 0);
+
+    // The warnings name the uplink but neither its credentials nor the session's path.
+    let log = dev.log_text();
+    let path = log
+        .lines()
+        .find_map(|l| l.split("uplink: pushing to ").nth(1))
+        .and_then(|url| url.rsplit('/').next())
+        .expect("the device logged where it pushes")
+        .trim()
+        .to_string();
+    assert_eq!(path.len(), 32, "{path}");
+    for s in statuses(&v) {
+        let text = s.to_string();
+        assert!(!text.contains("campass"), "{text}");
+        assert!(!text.contains(&path), "{text}");
+    }
+}
+
+/// An HTTP exchange over a plain TCP connection: (status line and headers, body).
+fn http(port: u16, request: &[u8]) -> (String, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                assert!(!out.is_empty(), "no answer: {e}");
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_string(), body.to_string())
+}
+
+fn get(port: u16, path: &str) -> (String, String) {
+    http(
+        port,
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The value of the sample `series` (name and labels exactly) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_on_loopback_grow_and_bad_requests_are_refused() {
+    let dir = temp_dir("metrics");
+    let port = free_port();
+    let cfg = recording_into(&dev_config(free_port(), ""), &dir.join("rec"))
+        + &format!("[metrics]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n");
+    let dev = Device::start("metrics", &cfg, &[]);
+    dev.wait_log("metrics: serving", Duration::from_secs(10));
+    dev.wait_log("recording: segment", Duration::from_secs(10));
+    // The snapshot served is at most a second old.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let (head, m1) = get(port, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    eprintln!("{m1}");
+    for name in [
+        "# TYPE camstream_frames_total counter",
+        "# TYPE camstream_frames_dropped_total counter",
+        "camstream_frames_dropped_total{branch=\"encode\"} ",
+        "camstream_uptime_seconds ",
+        "camstream_disk_free_bytes ",
+        "camstream_uplink_live 0",
+        "camstream_viewers 0",
+        "camstream_rtsp_sessions 0",
+        "camstream_recording_attached 1",
+        "camstream_info{version=\"",
+    ] {
+        assert!(m1.contains(name), "no {name:?} in:\n{m1}");
+    }
+    let cam1 = sample(&m1, "camstream_frames_total{branch=\"camera\"}").expect("camera frames");
+    let rec1 =
+        sample(&m1, "camstream_frames_total{branch=\"recording\"}").expect("recording frames");
+    // The card is walked in the background: recording bytes come within a few seconds.
+    let mut bytes = None;
+    wait_for(Duration::from_secs(10), || {
+        bytes = sample(&get(port, "/metrics").1, "camstream_recording_bytes");
+        bytes.is_some_and(|b| b > 0.0)
+    })
+    .unwrap_or_else(|| panic!("no camstream_recording_bytes: {bytes:?}"));
+
+    // Malformed, oversized, unknown, a wrong method, and a client that says nothing.
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let t0 = Instant::now();
+    let (head, _) = get(port, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a silent client held up the next one for {:?}",
+        t0.elapsed()
+    );
+    let (head, _) = http(port, b"HELLO\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let mut big = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let (head, _) = http(port, &big);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    let (head, _) = get(port, "/");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = http(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    drop(silent);
+
+    // Still serving, and the counters moved on.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (head, m2) = get(port, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let cam2 = sample(&m2, "camstream_frames_total{branch=\"camera\"}").unwrap();
+    let rec2 = sample(&m2, "camstream_frames_total{branch=\"recording\"}").unwrap();
+    assert!(cam2 > cam1, "camera frames {cam1} -> {cam2}");
+    assert!(rec2 > rec1, "recording frames {rec1} -> {rec2}");
+    assert!(
+        sample(&m2, "camstream_uptime_seconds").unwrap()
+            > sample(&m1, "camstream_uptime_seconds").unwrap()
+    );
+    // The graph was never disturbed: the RTSP stream plays.
+    let s = gst_client(
+        &dev.url(),
+        "tcp",
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+    );
+    assert!(s.frames > 0, "RTSP does not play after the bad requests");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The status code of an answer's head ("HTTP/1.0 200 OK": 200).
+fn code(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn devices(port: u16) -> Vec<Value> {
+    let (head, body) = get(port, "/devices");
+    assert_eq!(code(&head), 200, "{head}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["devices"].as_array().expect("devices").clone()
+}
+
+fn device_entry(port: u16, id: &str) -> Option<Value> {
+    devices(port).into_iter().find(|d| d["id"] == id)
+}
+
+#[test]
+fn relay_lists_devices_online_then_offline() {
+    let dir: PathBuf = temp_dir("devices");
+    let relay_port = free_port();
+    let (_relay, key) = closed_relay(relay_port, &dir, "test01");
+    assert!(device_entry(relay_port, "test01").is_none());
+
+    let signal = format!("token = \"s3cret\"\ndevice_key = \"{key}\"");
+    let mut dev = Device::start(
+        "devices",
+        &device_config_signal(free_port(), relay_port, free_port(), &signal, ""),
+        &[],
+    );
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+    // A socket claiming another id with a wrong key, and a viewer: neither is a device.
+    let false_dev = viewer_with(relay_port, "test02", 300, &["--find-key", &"0".repeat(64)]);
+    false_dev
+        .wait_for("\"refused\"", Duration::from_secs(10))
+        .expect("refused");
+    let _viewer = viewer_with(relay_port, "test03", 300, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let on = device_entry(relay_port, "test01").expect("the device is listed");
+    assert_eq!(on["online"], true, "{on}");
+    let since = on["connected_since"].as_str().expect("connected_since");
+    assert!(since.ends_with('Z') && since.len() == 20, "{since}");
+    assert!(on["last_seen"].as_str().unwrap() >= since, "{on}");
+    assert_eq!(devices(relay_port).len(), 1, "{:?}", devices(relay_port));
+    let (head, page) = get(relay_port, "/devices.html");
+    assert_eq!(code(&head), 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(page.contains("<td>test01</td><td>online</td>"), "{page}");
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src="));
+
+    let (code, _) = dev.stop(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let mut last = Value::Null;
+    wait_for(Duration::from_secs(10), || {
+        last = device_entry(relay_port, "test01").unwrap();
+        last["online"] == false
+    })
+    .unwrap_or_else(|| panic!("still online after the device stopped: {last}"));
+    assert!(last["connected_since"].is_null(), "{last}");
+    let seen = last["last_seen"].as_str().unwrap();
+    assert!(seen.ends_with('Z') && seen >= since, "{last}");
+    let (_, page) = get(relay_port, "/devices.html");
+    assert!(page.contains("<td>test01</td><td>offline</td>"), "{page}");
+    let _ = std::fs::remove_dir_all(dir);
+}
