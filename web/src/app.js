@@ -336,7 +336,7 @@ function showStatus(st) {
   if (st.disk) add("Card", `${bytes(st.disk.free_bytes)} free of ${bytes(st.disk.size_bytes)}`);
   const net = st.network;
   if (net) {
-    let link = `${net.kind} (${net.interface})`;
+    let link = `${net.type || net.kind || "link"} (${net.interface})`;
     if (net.wifi && net.wifi.signal_dbm != null) link += ` ${net.wifi.signal_dbm} dBm`;
     if (net.modem) link += ` ${net.modem.operator || ""} ${net.modem.signal_percent != null ? net.modem.signal_percent + " %" : ""}`;
     add("Network", link.trim());
