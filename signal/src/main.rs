@@ -74,7 +74,22 @@ enum Cmd {
 }
 
 /// Events relayed between the members of a room.
-const RELAYED: [&str; 5] = ["auth", "heartbeatping", "heartbeatpong", "bridge", "status"];
+const RELAYED: [&str; 12] = [
+    "auth",
+    "heartbeatping",
+    "heartbeatpong",
+    "bridge",
+    "status",
+    // Recordings: a viewer's requests, and the device's answers.
+    "recordings",
+    "play",
+    "stop",
+    "seek",
+    "playback",
+    "playback-ended",
+    // A device's refusal; through a closed relay a viewer's `error` goes nowhere.
+    "error",
+];
 /// Room names: device ids.
 fn valid_room(v: &Value) -> Option<String> {
     let s = v.as_str()?;
@@ -114,9 +129,14 @@ impl<'de> serde::Deserialize<'de> for EventArgs {
 }
 
 /// Arguments relayed: at most 4, each small. A 100 kB "auth" is not an auth; a device's
-/// `status` answer (a few kB) may take 16 kB.
+/// `status` answer (a few kB) may take 16 kB, and its `recordings` answer (up to 1000 spans)
+/// 256 kB.
 fn valid_args(ev: &str, args: &[Value]) -> bool {
-    let limit = if ev == "status" { 16 * 1024 } else { 1024 };
+    let limit = match ev {
+        "status" => 16 * 1024,
+        "recordings" => 256 * 1024,
+        _ => 1024,
+    };
     args.len() <= 4
         && serde_json::to_string(args)
             .map(|s| s.len() <= limit)
@@ -287,7 +307,7 @@ async fn relay_open<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<Val
 async fn relay_closed<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<Value>) {
     match (ev, device_of(&s)) {
         // A viewer asks its devices: the token (if any) and who asks.
-        ("auth" | "heartbeatping" | "status", None) => {
+        ("auth" | "heartbeatping" | "status" | "recordings" | "play" | "stop" | "seek", None) => {
             let token = args.first().cloned().unwrap_or(Value::Null);
             let who = serde_json::json!({ "viewer": s.id.to_string() });
             for room in found_rooms(&s) {
@@ -297,7 +317,11 @@ async fn relay_closed<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<V
             }
         }
         // The device answers the viewers it let in, and only those of its room.
-        ("bridge" | "heartbeatpong" | "status", Some(room)) => {
+        (
+            "bridge" | "heartbeatpong" | "status" | "recordings" | "playback" | "playback-ended"
+            | "error",
+            Some(room),
+        ) => {
             let to: Vec<String> = match args.last().and_then(|a| a.get("to")) {
                 Some(Value::String(id)) => vec![id.clone()],
                 Some(Value::Array(ids)) => ids
