@@ -1015,6 +1015,11 @@ pub fn run(cfg: Config) -> Result<i32> {
                     }
                 }
             }
+            MessageView::Element(e) => {
+                if let Some(r) = st_bus.borrow().recorder.as_ref() {
+                    r.on_element(e);
+                }
+            }
             MessageView::Warning(w) => log::warn!(
                 "{}: {}",
                 w.src().map(|s| s.name().to_string()).unwrap_or_default(),

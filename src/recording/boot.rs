@@ -250,6 +250,7 @@ mod tests {
             frames_out: AtomicU64::new(0),
             files: AtomicU64::new(0),
             retention: tx,
+            index: crate::recording::index::Index::new(),
         };
         (s, rx)
     }

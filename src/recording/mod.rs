@@ -8,6 +8,7 @@
 //! keyframes, on top of the GOP splitmuxsink holds): 2.6 s at a 1 s keyframe interval.
 
 pub mod boot;
+pub mod index;
 pub mod list;
 pub mod mp4;
 pub mod naming;
@@ -40,6 +41,8 @@ struct Shared {
     frames_out: AtomicU64,
     files: AtomicU64,
     retention: mpsc::Sender<Option<PathBuf>>,
+    /// The recordings on the card, kept up to date for listings and playback.
+    index: index::SharedIndex,
 }
 
 /// What the daemon should do after a recording error.
@@ -115,6 +118,7 @@ impl Recorder {
             reserve,
         };
         let (tx, rx) = mpsc::channel::<Option<PathBuf>>();
+        let index = index::Index::new();
         let shared = Arc::new(Shared {
             device: cfg.device.id.as_str().to_string(),
             dir: dir.clone(),
@@ -125,11 +129,15 @@ impl Recorder {
             frames_out: AtomicU64::new(0),
             files: AtomicU64::new(0),
             retention: tx,
+            index: index.clone(),
         });
         let device = shared.device.clone();
+        // Built once, from the card, off the main loop; kept up to date from then on.
+        let (i, d, dev) = (index.clone(), dir.clone(), device.clone());
+        crate::offload::detached("index-recordings", move || i.build(&d, &dev));
         std::thread::Builder::new()
             .name("retention".into())
-            .spawn(move || retention_thread(rx, dir, device, policy))
+            .spawn(move || retention_thread(rx, dir, device, policy, index))
             .ok();
         if r.sync_interval_ms.get() > 0 {
             let interval = Duration::from_millis(r.sync_interval_ms.get() as u64);
@@ -149,6 +157,28 @@ impl Recorder {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// The recordings on the card, kept up to date.
+    pub fn index(&self) -> index::SharedIndex {
+        self.shared.index.clone()
+    }
+
+    /// An element message from the pipeline's bus: a file splitmuxsink has finished gets its
+    /// duration read from its MP4, off the main loop. Main-loop thread.
+    pub fn on_element(&self, msg: &gst::message::Element) {
+        let Some(s) = msg.structure() else { return };
+        if s.name() != "splitmuxsink-fragment-closed" {
+            return;
+        }
+        let Ok(location) = s.get::<String>("location") else {
+            return;
+        };
+        let index = self.shared.index.clone();
+        crate::offload::detached("file-duration", move || {
+            let path = PathBuf::from(location);
+            index.finished(&path, mp4::duration(&path));
+        });
     }
 
     pub fn is_attached(&self) -> bool {
@@ -326,12 +356,16 @@ impl Recorder {
         // The file being written when the error struck keeps what its index covers; one left
         // with no playable frame (the error hit as it opened) is only clutter.
         // Reading it blocks on the card: off the main loop.
+        self.shared.index.stopped();
         if let Some(path) = self.shared.current.lock().ok().and_then(|mut c| c.take()) {
+            let index = self.shared.index.clone();
             crate::offload::detached("check-file", move || {
-                if mp4::duration(&path).is_none_or(|d| d <= 0.0)
-                    && std::fs::remove_file(&path).is_ok()
-                {
+                let duration = mp4::duration(&path);
+                if duration.is_none_or(|d| d <= 0.0) && std::fs::remove_file(&path).is_ok() {
                     log::info!("recording: removed {} (no playable frame)", path.display());
+                    index.removed(&path);
+                } else {
+                    index.finished(&path, duration);
                 }
             });
         }
@@ -371,7 +405,9 @@ impl Shared {
     fn open_segment(&self, age: Duration) -> PathBuf {
         let boot = self.boot.load(Ordering::SeqCst);
         let start = naming::wall_clock_at(age);
+        let start_us = crate::stamp::now_us() as i64 - age.as_micros() as i64;
         let mut free = None;
+        let mut id = SegmentId { boot, segment: 0 };
         let mut skipped = 0;
         for _ in 0..naming::NAME_TRIES {
             let seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
@@ -383,6 +419,7 @@ impl Shared {
             // Not `exists`: a dangling symlink is taken too (filesink would follow it).
             if std::fs::symlink_metadata(&path).is_err() {
                 free = Some(path);
+                id = name.id;
                 break;
             }
             skipped += 1;
@@ -414,6 +451,7 @@ impl Shared {
         if let Ok(mut c) = self.current.lock() {
             *c = Some(path.clone());
         }
+        self.index.opened(path.clone(), id, start, start_us);
         let _ = self.retention.send(Some(path.clone()));
         path
     }
@@ -464,6 +502,7 @@ fn retention_thread(
     dir: PathBuf,
     device: String,
     policy: Policy,
+    index: index::SharedIndex,
 ) {
     let mut last_unmet: Option<String> = None;
     while let Ok(mut current) = rx.recv() {
@@ -480,6 +519,7 @@ fn retention_thread(
         );
         for p in &out.deleted {
             log::info!("retention: deleted {}", p.display());
+            index.removed(p);
         }
         if out.unmet != last_unmet {
             if let Some(m) = &out.unmet {
