@@ -289,6 +289,7 @@ pub struct Config {
     pub rtsp: RtspConfig,
     pub display: DisplayConfig,
     pub recording: RecordingConfig,
+    pub playback: PlaybackConfig,
     pub signal: SignalConfig,
     pub uplink: UplinkConfig,
     pub pipeline: PipelineConfig,
@@ -577,6 +578,22 @@ impl Default for UplinkConfig {
             queue_buffers: Ranged(60),
             retry_max_seconds: Ranged(10),
             tls_ca_file: String::new(),
+        }
+    }
+}
+
+/// Recordings played from afar (`play` through the signalling server, pushed like the uplink).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackConfig {
+    /// Playback sessions at once, all viewers together; 0: none.
+    pub max_sessions: Ranged<0, 16>,
+}
+
+impl Default for PlaybackConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: Ranged(2),
         }
     }
 }

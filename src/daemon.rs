@@ -53,6 +53,8 @@ struct State {
     display_retry: Retry,
     rtsp: Option<RtspServer>,
     recorder: Option<Recorder>,
+    /// Recordings from afar: listings and playback sessions (with remote viewing).
+    playback: Option<Rc<crate::playback::Playback>>,
     /// Set while the card is checked off the main loop before recording attaches.
     recording_checking: bool,
     recording_retry: Retry,
@@ -634,7 +636,27 @@ fn on_command(st: &Shared, cmd: Command) {
             asked,
         } => (viewer, until, asked),
         Command::Status { viewer } => return answer_status(st, viewer),
+        Command::Playback {
+            viewer,
+            until,
+            asked,
+        } => {
+            let pb = st.borrow().playback.clone();
+            if let Some(pb) = pb {
+                pb.request(viewer, until, asked);
+            }
+            return;
+        }
     };
+    // A viewer that plays recordings renews its sessions with its heartbeats; unless it asked
+    // for live video too, they must not start the uplink.
+    let pb = st.borrow().playback.clone();
+    if pb.is_some_and(|pb| pb.renew(&viewer, until))
+        && !asked
+        && !st.borrow().viewers.contains_key(&viewer)
+    {
+        return;
+    }
     let (fresh, new_viewer) = {
         let mut s = st.borrow_mut();
         let fresh = !watching(&s);
@@ -734,6 +756,14 @@ fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
         check_lease(&st3);
         glib::ControlFlow::Continue
     });
+    // Recordings from afar, answered through the same channel as the other requests.
+    let (index, answers) = {
+        let s = st.borrow();
+        (s.recorder.as_ref().map(|r| r.index()), s.answer_tx.clone())
+    };
+    if let Some(answers) = answers {
+        st.borrow_mut().playback = Some(crate::playback::Playback::start(cfg, index, answers));
+    }
     log::info!("remote viewing: signalling at {}", cfg.signal.url);
     Ok(())
 }
@@ -967,6 +997,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         eos_allowed: Arc::new(AtomicBool::new(false)),
         display: None,
         display_description,
+        playback: None,
         rtsp: None,
         recorder: cfg.recording.enabled.then(|| Recorder::new(&cfg)),
         recording_checking: false,

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod offload;
 pub mod plan;
+pub mod playback;
 pub mod probe;
 pub mod profile;
 pub mod recording;

@@ -13,6 +13,10 @@
 //!
 //! Runs on its own thread with a small tokio runtime. rust_socketio runs handlers one at a time,
 //! so they only validate and hand a command to the main loop through a bounded channel.
+//!
+//! Recordings from afar (`recordings`, `play`, `stop`, `seek`; see `playback`) are let in by the
+//! same rules as a heartbeat, checked here (a bad one is answered `error` at once and never
+//! reaches the main loop) and answered like `heartbeatpong`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,13 @@ use crate::viewer_token::{Grant, Policy};
 /// What the signalling side asks of the media side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// A viewer that was let in asks about the recordings: a listing or a playback session.
+    /// Checked already; `until` is its lease, as for `Watch`.
+    Playback {
+        viewer: String,
+        until: Instant,
+        asked: crate::playback::request::Asked,
+    },
     /// A viewer that was let in watches until `until` (its lease, cut short by its token's
     /// expiry): start (or keep) the uplink and tell it the path. `viewer` is its socket id
     /// through camstream-signal, empty for an anonymous viewer of a plain relay. `asked`: it
@@ -124,6 +135,47 @@ impl Handler {
         }
     }
 
+    /// A request about the recordings from a viewer let in as for a heartbeat: checked here,
+    /// refused here (`error`, addressed like `heartbeatpong`), or handed to the main loop.
+    async fn recordings_request(
+        &self,
+        name: &str,
+        args: &[Value],
+        viewer: &str,
+        token: Option<&str>,
+        oversized: bool,
+        socket: &Client,
+    ) {
+        use crate::playback::request::{self, Refusal, Verdict};
+        let grant = self.known(viewer).or_else(|| self.admit(viewer, token));
+        let Some(grant) = grant else { return };
+        let now_ms = (crate::stamp::now_us() / 1000) as i64;
+        let checked = match request::limit(viewer, Instant::now()) {
+            Verdict::Drop => return self.drop_event("request flood"),
+            Verdict::Refuse => Err(Refusal::new(name, "too many requests")),
+            Verdict::Go => request::parse(name, args, oversized, now_ms),
+        };
+        let refusal = match checked {
+            Ok(asked) => {
+                let cmd = Command::Playback {
+                    viewer: viewer.to_string(),
+                    until: self.until(&grant),
+                    asked,
+                };
+                match self.to_main.try_send(cmd) {
+                    Ok(()) => return,
+                    Err(_) => Refusal::new(name, "the device is busy, try again"),
+                }
+            }
+            Err(r) => r,
+        };
+        self.drop_event(&format!("{name} refused: {}", refusal.reason));
+        let answer = addressed(vec![refusal.to_json()], &[viewer.to_string()]);
+        if let Err(e) = socket.emit("error", answer).await {
+            log::warn!("signal: cannot answer {name}: {e}");
+        }
+    }
+
     /// Until when this viewer may watch from now: its lease, cut at its token's expiry.
     fn until(&self, grant: &Grant) -> Instant {
         let left = grant.expires.map_or(self.lease, |t| {
@@ -211,11 +263,14 @@ impl Handler {
             #[allow(deprecated)]
             Payload::String(s) => vec![Value::String(s)],
         };
-        if serde_json::to_string(&args)
+        let oversized = serde_json::to_string(&args)
             .map(|s| s.len())
             .unwrap_or(usize::MAX)
-            > MAX_PAYLOAD
-        {
+            > MAX_PAYLOAD;
+        // A request about the recordings is told it was too large; anything else just goes.
+        let about_recordings =
+            matches!(&event, Event::Custom(n) if crate::playback::request::is_request(n));
+        if oversized && !about_recordings {
             return self.drop_event("payload too large");
         }
         // The seed's viewer emits `auth` and `heartbeatping` without arguments, which arrive
@@ -230,6 +285,13 @@ impl Handler {
         };
         let (token, viewer) = token_and_viewer(args, self.routed);
         match name {
+            // An answer (ours relayed back, or another device's) asks nothing.
+            "recordings" if args.first().is_some_and(|a| a.get("spans").is_some()) => {}
+            n if crate::playback::request::is_request(n) => {
+                self.recordings_request(n, args, &viewer, token, oversized, &socket)
+                    .await
+            }
+            "playback" | "playback-ended" | "error" => {}
             "auth" => {
                 if let Some(grant) = self.admit(&viewer, token) {
                     log::info!(
