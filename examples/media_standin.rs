@@ -112,6 +112,9 @@ fn record_factory(
         pl = out.join("index.m3u8").display(),
     ));
     factory.set_latency(0);
+    // A push that ends (TEARDOWN) sends end-of-stream through the pipeline first, so the HLS
+    // writer puts out the frames it still holds, as a media server finishes a recording.
+    factory.set_eos_shutdown(true);
     let readers = readers.clone();
     let id = id.to_string();
     factory.connect_media_configure(move |_, media| {

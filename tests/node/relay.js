@@ -1,6 +1,8 @@
 // A plain Socket.IO v4 relay with rooms, as the seed's server behaves:
 // find(room) joins and answers create (room was empty) or join; auth, heartbeatping,
-// heartbeatpong and bridge go to the other members of the sender's rooms. It relays `status`
+// heartbeatpong and bridge go to the other members of the sender's rooms. So do the requests
+// about recordings (recordings, play, stop, seek) and their answers (recordings, playback,
+// playback-ended, error), which a seed server relays if told to. It relays `status`
 // the same way (a seed server relays what it is told to; the device's status needs this one).
 // node relay.js PORT [--tls CERT.pem KEY.pem]   (with --tls: HTTPS and WSS only)
 const fs = require("fs");
@@ -25,7 +27,7 @@ io.on("connection", (socket) => {
     socket.join(room);
     socket.emit(size === 0 ? "create" : "join", room);
   });
-  for (const ev of ["auth", "heartbeatping", "heartbeatpong", "bridge", "status"]) {
+  for (const ev of ["auth", "heartbeatping", "heartbeatpong", "bridge", "recordings", "play", "stop", "seek", "playback", "playback-ended", "error", "status"]) {
     socket.on(ev, (...args) => {
       for (const room of socket.rooms) {
         if (room !== socket.id) socket.to(room).emit(ev, ...args);

@@ -5,6 +5,11 @@
 //   --status MS    after auth, ask the device for its status (`status`, with the token if any),
 //                  then again every MS ms (0: once); each answer is printed like any event
 //                  ({"event": "status", "arg": {...}}), and as {"status": {...}} on a line of its own
+// Recordings from afar (no auth: live video is not asked for; times are RFC 3339 or epoch seconds):
+//   --recordings FROM TO   ask for the recordings between FROM and TO
+//   --play FROM TO         play them (TO "-": to the end), then heartbeat as usual; --id I names it
+//   --request EVENT JSON   emit EVENT with JSON (or the text if it is not JSON); repeatable
+//   --repeat N             send the --request events N times (a flood)
 // Prints one JSON line per event received: {"t": ms since start, "event": ..., "arg": first
 // argument, "args": all arguments}, and {"event": "connect"|"disconnect"}.
 const { io } = require("socket.io-client");
@@ -31,8 +36,37 @@ socketio.on("connect", () => {
 });
 socketio.on("disconnect", () => log("disconnect"));
 let status_timer;
+const optN = (name, n) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv.slice(i + 1, i + 1 + n) : undefined;
+};
+const requests = process.argv.flatMap((a, i) => (a === "--request" ? [process.argv.slice(i + 1, i + 3)] : []));
+const withTok = (o) => (token === undefined || typeof o !== "object" || o === null ? o : { ...o, token });
+const when = (s) => (/^[0-9.]+$/.test(s) ? Number(s) : s);
+const json = (s) => {
+  try {
+    return JSON.parse(s);
+  } catch {
+    return s;
+  }
+};
+const aboutRecordings = () => optN("--recordings", 2) || optN("--play", 2) || requests.length > 0;
+const askRecordings = () => {
+  const rec = optN("--recordings", 2);
+  if (rec) socketio.emit("recordings", withTok({ from: when(rec[0]), to: when(rec[1]) }));
+  const repeat = Number(opt("--repeat") || 1);
+  for (let n = 0; n < repeat; n++) for (const [ev, arg] of requests) socketio.emit(ev, withTok(json(arg)));
+  const play = optN("--play", 2);
+  if (play) {
+    const req = { from: when(play[0]), speed: 1, id: opt("--id") || "play" };
+    if (play[1] !== "-") req.to = when(play[1]);
+    socketio.emit("play", withTok(req));
+    withToken("heartbeatping");
+  }
+};
 const start = () => {
   if (findKey !== undefined) return;
+  if (aboutRecordings()) return askRecordings();
   withToken("auth");
   withToken("heartbeatping");
   if (statusMs === undefined) return;
