@@ -130,7 +130,19 @@ fn recording_device_with(
     rec: &Path,
     recording: &str,
 ) -> Device {
-    let cfg = device_config(free_port(), relay_port, media.push, "")
+    recording_device_signal(tag, relay_port, media, rec, recording, "open = true")
+}
+
+/// The same, with these `[signal]` keys (who may watch, the device key).
+fn recording_device_signal(
+    tag: &str,
+    relay_port: u16,
+    media: &Media,
+    rec: &Path,
+    recording: &str,
+    signal: &str,
+) -> Device {
+    let cfg = device_config_signal(free_port(), relay_port, media.push, signal, "")
         .replace(
             "[recording]\nenabled = false",
             &format!(
@@ -625,4 +637,89 @@ fn a_file_deleted_by_retention_while_played_ends_the_session_cleanly() {
     });
     assert_eq!(list["spans"][0]["open"], Value::Bool(true), "{list}");
     std::fs::remove_dir_all(rec).ok();
+}
+
+/// camstream-signal, closed (devices prove their key, answers go only to the viewers they
+/// name), and the device key of `device` under it.
+fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
+    let file = dir.join("device-secret");
+    std::fs::write(&file, "relay-secret-0123456789\n").unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let out = std::process::Command::new(camstream_signal_bin())
+        .args(["--device-secret-file", &f, "device-key", device])
+        .output()
+        .expect("camstream-signal device-key");
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (
+        camstream_signal_with(port, &["--device-secret-file", &f]),
+        key,
+    )
+}
+
+#[test]
+fn through_a_closed_camstream_signal_only_the_viewer_that_asked_gets_the_answers() {
+    let dir = temp_dir("playback-closed");
+    let relay_port = free_port();
+    let (_relay, key) = closed_relay(relay_port, &dir, "test01");
+    let media = media_standin(free_port());
+    let rec = dir.join("rec");
+    let signal = format!("token = \"s3cret\"\ndevice_key = \"{key}\"");
+    let _dev = recording_device_signal("playback-closed", relay_port, &media, &rec, "", &signal);
+    std::thread::sleep(Duration::from_secs(5));
+    let t = now_us();
+    let (from, to) = (epoch(t - 4_000_000), epoch(t - 2_000_000));
+    let (list_from, list_to) = (epoch(t - 60_000_000), epoch(t));
+    // In the room without the token: refused, told nothing.
+    let stranger = viewer_args(
+        relay_port,
+        &["--recordings", &list_from, &list_to, "--play", &from, &to],
+    );
+    // Let in, but asking nothing: hears nothing meant for another.
+    let other = viewer_args(relay_port, &["--token", "s3cret"]);
+    let v = viewer_args(
+        relay_port,
+        &[
+            "--token",
+            "s3cret",
+            "--recordings",
+            &list_from,
+            &list_to,
+            "--play",
+            &from,
+            &to,
+            "--id",
+            "mine",
+        ],
+    );
+    let list = wait_answer(&v, "recordings", Duration::from_secs(10), |a| {
+        a.get("spans").is_some()
+    });
+    assert_eq!(list["spans"].as_array().unwrap().len(), 1, "{list}");
+    let pb = wait_answer(&v, "playback", Duration::from_secs(15), |a| {
+        a["id"] == "mine"
+    });
+    let path = pb["path"].as_str().unwrap().to_string();
+    v.wait_for(&format!("\"arg\":\"{path}\""), Duration::from_secs(5))
+        .expect("bridge to the viewer that asked");
+    let ended = wait_answer(&v, "playback-ended", Duration::from_secs(15), |a| {
+        a["path"] == path.as_str()
+    });
+    assert_eq!(ended["reason"], "to");
+    let frames: usize = pushed_segments(&media, &path)
+        .iter()
+        .map(|s| frame_times(s).len())
+        .sum();
+    eprintln!("{frames} frames of the 2 s range at the media server");
+    assert!(frames >= 60, "{frames} frames");
+    for (who, p) in [
+        ("a viewer without the token", &stranger),
+        ("another viewer", &other),
+    ] {
+        for ev in ["recordings", "playback", "playback-ended", "error"] {
+            assert!(answers(p, ev).is_empty(), "{who} got {ev}");
+        }
+        assert!(p.count(&path) == 0, "{who} learned the path");
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
