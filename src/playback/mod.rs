@@ -29,6 +29,13 @@ use request::{Asked, Refusal, Request};
 /// hour. The rest of a longer range is offered in `playback-ended` as `next`.
 const MAX_FILES: usize = 32;
 
+/// What a viewer asked to play.
+struct Range {
+    from_ms: i64,
+    to_ms: Option<i64>,
+    speed: u32,
+}
+
 struct Session {
     viewer: String,
     path: String,
@@ -38,6 +45,7 @@ struct Session {
     files: Vec<PathBuf>,
     from_ms: i64,
     to_ms: Option<i64>,
+    speed: u32,
     more_from_us: Option<i64>,
     live: bool,
     stopping: bool,
@@ -153,8 +161,17 @@ impl Playback {
                 }
                 self.send("recordings", vec![answer], &viewer);
             }
-            Request::Play { from_ms, to_ms } => {
-                if let Err(r) = self.play(&viewer, until, from_ms, to_ms, id.clone()) {
+            Request::Play {
+                from_ms,
+                to_ms,
+                speed,
+            } => {
+                let range = Range {
+                    from_ms,
+                    to_ms,
+                    speed,
+                };
+                if let Err(r) = self.play(&viewer, until, range, id.clone()) {
                     self.refuse(&viewer, r, &id);
                 }
             }
@@ -179,10 +196,10 @@ impl Playback {
                                 && !s.stopping
                                 && path.as_deref().is_none_or(|p| p == s.path)
                         })
-                        .map(|(k, s)| (*k, s.to_ms, s.id.clone()))
+                        .map(|(k, s)| (*k, s.to_ms, s.speed, s.id.clone()))
                         .next_back()
                 };
-                let Some((key, old_to, old_id)) = found else {
+                let Some((key, old_to, speed, old_id)) = found else {
                     return self.refuse(
                         &viewer,
                         Refusal::new("seek", "no such playback session"),
@@ -193,8 +210,12 @@ impl Playback {
                     s.stopping = true;
                     s.handle.stop("seek");
                 }
-                let to = old_to.filter(|t| *t > to_ms);
-                if let Err(mut r) = self.play(&viewer, until, to_ms, to, id.clone().or(old_id)) {
+                let range = Range {
+                    from_ms: to_ms,
+                    to_ms: old_to.filter(|t| *t > to_ms),
+                    speed,
+                };
+                if let Err(mut r) = self.play(&viewer, until, range, id.clone().or(old_id)) {
                     r.request = "seek".into();
                     self.refuse(&viewer, r, &id);
                 }
@@ -206,10 +227,14 @@ impl Playback {
         &self,
         viewer: &str,
         until: Instant,
-        from_ms: i64,
-        to_ms: Option<i64>,
+        range: Range,
         id: Option<Value>,
     ) -> Result<(), Refusal> {
+        let Range {
+            from_ms,
+            to_ms,
+            speed,
+        } = range;
         let mut g = self.inner.borrow_mut();
         let Some(index) = g.index.clone() else {
             return Err(Refusal::new("play", "this device does not record"));
@@ -248,6 +273,7 @@ impl Playback {
             files: sel.files.iter().map(|f| f.path.clone()).collect(),
             map,
             seek_ns: sel.seek_us as u64 * 1000,
+            speed,
             to_us: to_ms.map(|t| t * 1000),
             location: g.uplink.url.replace("{path}", &path),
             uplink: g.uplink.clone(),
@@ -277,6 +303,7 @@ impl Playback {
                 files,
                 from_ms,
                 to_ms,
+                speed,
                 more_from_us: sel.more_from_us,
                 live: false,
                 stopping: false,
@@ -348,7 +375,7 @@ impl Playback {
                         "start": index::rfc3339_us(start_us),
                         "from": index::rfc3339_us(s.from_ms * 1000),
                         "to": s.to_ms.map(|t| index::rfc3339_us(t * 1000)),
-                        "speed": 1,
+                        "speed": s.speed,
                     });
                     if let Some(id) = &s.id {
                         answer["id"] = id.clone();

@@ -2,7 +2,8 @@
 //! signalling thread, so that nothing malformed ever reaches the main loop.
 //!
 //! - `recordings {"from": T, "to": T}`: the recordings between two times;
-//! - `play {"from": T, "to": T (optional), "speed": 1 (optional)}`: a playback session;
+//! - `play {"from": T, "to": T (optional), "speed": 1 (optional)}`: a playback session, at real
+//!   time or `speed` times faster (a whole number up to `MAX_SPEED`);
 //! - `stop {"path": P (optional)}`: ends that session, or every session of the viewer;
 //! - `seek {"path": P (optional), "to": T}`: the session again from another time.
 //!
@@ -18,15 +19,29 @@ use serde_json::{json, Value};
 pub const MAX_RANGE_MS: i64 = 31 * 86_400_000;
 /// Times further ahead than this are refused: nothing can be recorded there yet.
 const MAX_AHEAD_MS: i64 = 86_400_000;
+/// Fastest playback: each session then sends this many times the recording's bitrate.
+pub const MAX_SPEED: u32 = 8;
 /// The events a viewer sends about recordings.
 pub const EVENTS: [&str; 4] = ["recordings", "play", "stop", "seek"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Recordings { from_ms: i64, to_ms: i64 },
-    Play { from_ms: i64, to_ms: Option<i64> },
-    Stop { path: Option<String> },
-    Seek { path: Option<String>, to_ms: i64 },
+    Recordings {
+        from_ms: i64,
+        to_ms: i64,
+    },
+    Play {
+        from_ms: i64,
+        to_ms: Option<i64>,
+        speed: u32,
+    },
+    Stop {
+        path: Option<String>,
+    },
+    Seek {
+        path: Option<String>,
+        to_ms: i64,
+    },
 }
 
 /// A request with what identifies it to the viewer.
@@ -256,15 +271,24 @@ pub fn parse(name: &str, args: &[Value], oversized: bool, now_ms: i64) -> Result
             if to_ms.is_some_and(|t| t <= from_ms) {
                 return Err(refuse("to is not after from".into()));
             }
-            match o.get("speed") {
-                None | Some(Value::Null) => {}
-                Some(v) if v.as_f64() == Some(1.0) => {}
-                Some(v) if v.is_number() => {
-                    return Err(refuse("speed: only 1 (real time) is supported".into()))
-                }
-                Some(_) => return Err(refuse("speed: not a number".into())),
+            let speed = match o.get("speed") {
+                None | Some(Value::Null) => 1,
+                Some(v) => match v.as_f64() {
+                    Some(s) if s.fract() == 0.0 && (1.0..=f64::from(MAX_SPEED)).contains(&s) => {
+                        s as u32
+                    }
+                    _ => {
+                        return Err(refuse(format!(
+                            "speed: a whole number from 1 (real time) to {MAX_SPEED}"
+                        )))
+                    }
+                },
+            };
+            Request::Play {
+                from_ms,
+                to_ms,
+                speed,
             }
-            Request::Play { from_ms, to_ms }
         }
         "stop" => Request::Stop {
             path: parse_path(o.get("path")).map_err(refuse)?,
@@ -437,7 +461,19 @@ mod tests {
             "expected an object such as {\"from\": ..., \"to\": ...}"
         );
         assert_eq!(refused("play", json!({"to": 1})), "from: missing");
-        assert!(refused("play", json!({"from": 1_796_000_000, "speed": 4})).starts_with("speed"));
+        assert!(refused("play", json!({"from": 1_796_000_000, "speed": 16})).starts_with("speed"));
+        assert!(refused("play", json!({"from": 1_796_000_000, "speed": 1.5})).starts_with("speed"));
+        assert!(matches!(
+            parse(
+                "play",
+                &[json!({"from": 1_796_000_000, "speed": 4})],
+                false,
+                NOW
+            )
+            .unwrap()
+            .request,
+            Request::Play { speed: 4, .. }
+        ));
         assert!(refused("stop", json!({"path": "../x"})).starts_with("path"));
         let e = parse("play", &[json!({"id": "a"})], true, NOW).unwrap_err();
         assert_eq!(

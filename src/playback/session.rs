@@ -33,6 +33,10 @@ pub struct Spec {
     pub map: Vec<(u64, i64)>,
     /// Where to start, in that stream (ns); 0: the first file's first frame.
     pub seek_ns: u64,
+    /// How many times faster than real time (1: real time). The reader runs at that rate; the
+    /// frames keep their spacing in the reader's running time, so the server receives a stream
+    /// of as many more frames a second.
+    pub speed: u32,
     /// Frames from this UTC time on (µs) are not sent.
     pub to_us: Option<i64>,
     /// rtsp(s)://host/channel/<path>
@@ -393,10 +397,14 @@ fn play(
     if opened == gst::StateChangeSuccess::Async {
         wait_preroll(read, stop, Duration::from_secs(15))?;
     }
-    if spec.seek_ns > 0 {
-        read.seek_simple(
+    if spec.seek_ns > 0 || spec.speed != 1 {
+        read.seek(
+            f64::from(spec.speed.max(1)),
             gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
+            gst::SeekType::Set,
             gst::ClockTime::from_nseconds(spec.seek_ns),
+            gst::SeekType::None,
+            gst::ClockTime::NONE,
         )
         .map_err(|_| anyhow!("the recordings cannot be sought"))?;
         wait_preroll(read, stop, Duration::from_secs(15))?;

@@ -7,7 +7,8 @@
 //                  ({"event": "status", "arg": {...}}), and as {"status": {...}} on a line of its own
 // Recordings from afar (no auth: live video is not asked for; times are RFC 3339 or epoch seconds):
 //   --recordings FROM TO   ask for the recordings between FROM and TO
-//   --play FROM TO         play them (TO "-": to the end), then heartbeat as usual; --id I names it
+//   --play FROM TO         play them (TO "-": to the end), then heartbeat as usual; --id I names it,
+//                          --speed N plays N times faster
 //   --request EVENT JSON   emit EVENT with JSON (or the text if it is not JSON); repeatable
 //   --repeat N             send the --request events N times (a flood)
 // Prints one JSON line per event received: {"t": ms since start, "event": ..., "arg": first
@@ -58,7 +59,7 @@ const askRecordings = () => {
   for (let n = 0; n < repeat; n++) for (const [ev, arg] of requests) socketio.emit(ev, withTok(json(arg)));
   const play = optN("--play", 2);
   if (play) {
-    const req = { from: when(play[0]), speed: 1, id: opt("--id") || "play" };
+    const req = { from: when(play[0]), speed: Number(opt("--speed") || 1), id: opt("--id") || "play" };
     if (play[1] !== "-") req.to = when(play[1]);
     socketio.emit("play", withTok(req));
     withToken("heartbeatping");
