@@ -771,3 +771,67 @@ fn through_a_closed_camstream_signal_only_the_viewer_that_asked_gets_the_answers
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn seek_starts_the_session_again_from_another_time_and_stop_ends_it() {
+    let relay_port = free_port();
+    let _relay = relay(relay_port);
+    let media = media_standin(free_port());
+    let rec = temp_dir("playback-seek");
+    let _dev = recording_device("playback-seek", relay_port, &media, &rec, "");
+    std::thread::sleep(Duration::from_secs(7));
+    let t = now_us();
+    let to = t - 1_000_000;
+    let v = viewer_args(
+        relay_port,
+        &[
+            "--play",
+            &epoch(t - 6_000_000),
+            &epoch(to),
+            "--id",
+            "s",
+            "--then-seek",
+            &epoch(t - 3_000_000),
+        ],
+    );
+    let first = wait_answer(&v, "playback", Duration::from_secs(15), |a| a["id"] == "s");
+    let ended = wait_answer(&v, "playback-ended", Duration::from_secs(10), |a| {
+        a["path"] == first["path"]
+    });
+    assert_eq!(ended["reason"], "seek");
+    let second = wait_answer(&v, "playback", Duration::from_secs(10), |a| {
+        a["id"] == "s" && a["path"] != first["path"]
+    });
+    eprintln!("seek: {first} then {second}");
+    // From the keyframe at or before the new time (500 ms apart), to the same end.
+    let start = rfc3339_us(second["start"].as_str().unwrap());
+    let target = t - 3_000_000;
+    assert!(
+        start <= target + 1000 && start + 550_000 > target,
+        "started at {start}, asked {target}"
+    );
+    assert_eq!(second["to"], first["to"]);
+    let ended = wait_answer(&v, "playback-ended", Duration::from_secs(10), |a| {
+        a["path"] == second["path"]
+    });
+    assert_eq!(ended["reason"], "to");
+    drop(v);
+
+    let v = viewer_args(
+        relay_port,
+        &[
+            "--play",
+            &epoch(t - 5_000_000),
+            "-",
+            "--id",
+            "x",
+            "--then-stop",
+        ],
+    );
+    let pb = wait_answer(&v, "playback", Duration::from_secs(15), |a| a["id"] == "x");
+    let ended = wait_answer(&v, "playback-ended", Duration::from_secs(10), |a| {
+        a["path"] == pb["path"]
+    });
+    assert_eq!(ended["reason"], "stopped");
+    std::fs::remove_dir_all(rec).ok();
+}

@@ -8,7 +8,8 @@
 // Recordings from afar (no auth: live video is not asked for; times are RFC 3339 or epoch seconds):
 //   --recordings FROM TO   ask for the recordings between FROM and TO
 //   --play FROM TO         play them (TO "-": to the end), then heartbeat as usual; --id I names it,
-//                          --speed N plays N times faster
+//                          --speed N plays N times faster; once it plays, --then-seek T seeks to T
+//                          and --then-stop stops it
 //   --request EVENT JSON   emit EVENT with JSON (or the text if it is not JSON); repeatable
 //   --repeat N             send the --request events N times (a flood)
 // Prints one JSON line per event received: {"t": ms since start, "event": ..., "arg": first
@@ -65,6 +66,14 @@ const askRecordings = () => {
     withToken("heartbeatping");
   }
 };
+let followed = false;
+socketio.on("playback", (p) => {
+  if (followed || !p || typeof p !== "object" || p.id !== (opt("--id") || "play")) return;
+  followed = true;
+  const seekTo = opt("--then-seek");
+  if (seekTo !== undefined) socketio.emit("seek", withTok({ path: p.path, to: when(seekTo) }));
+  else if (process.argv.includes("--then-stop")) socketio.emit("stop", withTok({ path: p.path }));
+});
 const start = () => {
   if (findKey !== undefined) return;
   if (aboutRecordings()) return askRecordings();
