@@ -50,9 +50,11 @@ async function waitPlaying(page, prefix, timeoutMs) {
   const rows = await page.$$eval("#status-list dt", (dts) => dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent]));
   await out(`STEP status ${JSON.stringify(Object.fromEntries(rows))}`);
 
-  // Click a third of the way into the first span.
+  // Click near the start of the first span (scrolled into view first: the timeline is
+  // below the video).
+  await page.locator("#recordings .track").scrollIntoViewIfNeeded();
   const box = await page.locator("#recordings .span").first().boundingBox();
-  await page.mouse.click(box.x + box.width / 3, box.y + box.height / 2);
+  await page.mouse.click(box.x + Math.max(2, box.width / 10), box.y + box.height / 2);
   const status = await waitPlaying(page, "Recording from", 45000);
   const details = await page.textContent("#details");
   await page.screenshot({ path: shot });

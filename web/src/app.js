@@ -61,6 +61,7 @@ let livePath = null; // the live stream's path, once the device announced it
 // video's clock at its first picture) }; null while live.
 let recording = null;
 let asked = null; // time (ms) of a `play` asked for and not answered yet
+let heldBridge = null; // a `bridge` that came while `asked`
 let statusTimer = null;
 let recordingsTimer = null;
 
@@ -265,8 +266,14 @@ video.addEventListener("playing", () => {
 
 setInterval(async () => {
   if (!currentPath || video.paused || video.readyState < 3) return;
+  if (asked !== null) return; // a recording was asked for: its answer says what comes next
   if (recording) {
-    if (recording.path !== currentPath || recording.ended) return;
+    if (recording.path !== currentPath) return;
+    if (recording.ended && video.currentTime === recording.lastT) {
+      say("Recording ended", recording.ended);
+      return;
+    }
+    recording.lastT = video.currentTime;
     if (recording.t0 === null) recording.t0 = video.currentTime;
     // The pushed stream starts at the recording's first frame: the picture's wall-clock time
     // is that plus how far the video has played since.
@@ -417,8 +424,11 @@ function watch(id) {
       if (path !== currentPath) play(path);
       return;
     }
+    // While a recording is asked for, a `bridge` may be its path arriving before `playback`
+    // (the relay does not keep the two in order): held until `playback` says which it is.
+    if (asked !== null) { heldBridge = path; return; }
     livePath = path;
-    if (!recording && !asked && path !== currentPath) play(path);
+    if (!recording && path !== currentPath) play(path);
   });
   socket.on("recordings", (answer) => {
     if (!answer || typeof answer !== "object" || !Array.isArray(answer.spans)) return;
@@ -429,18 +439,23 @@ function watch(id) {
     if (!p || typeof p.path !== "string" || asked === null) return;
     recording = { path: p.path, from: asked, start: Date.parse(p.start) || asked, t0: null };
     asked = null;
+    if (heldBridge && heldBridge !== p.path) livePath = heldBridge;
+    heldBridge = null;
     goLiveButton.hidden = false;
     say("Starting recording…", `From ${clock(recording.start)}`);
+    play(p.path); // the device sent `playback` once the stream was there
   });
   socket.on("playback-ended", (p) => {
     if (!recording || !p || p.path !== recording.path) return;
-    say("Recording ended", p.next ? `More from ${clock(Date.parse(p.next))}: click the timeline` : "Back to live or pick another time");
-    recording.ended = true;
+    // The device has sent the last frame; the page still plays what the player holds.
+    recording.ended = p.next ? `More from ${clock(Date.parse(p.next))}: click the timeline` : "Back to live or pick another time";
   });
   socket.on("error", (e) => {
     if (!e || typeof e !== "object" || typeof e.reason !== "string") return;
     if (e.request === "play" || e.request === "seek") {
       asked = null;
+      if (heldBridge) livePath = heldBridge;
+      heldBridge = null;
       say(recording ? "Recording" : currentPath ? "Live" : "Starting video…", `Cannot play that time: ${e.reason}`);
     } else {
       recInfo.textContent = `${e.request}: ${e.reason}`;
