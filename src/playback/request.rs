@@ -83,17 +83,6 @@ pub fn is_request(event: &str) -> bool {
     EVENTS.contains(&event)
 }
 
-/// Days from 1970-01-01 of a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -162,7 +151,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let days = days_from_civil(i64::from(y), mo, d);
+    let days = crate::recording::naming::days_from_civil(i64::from(y), mo, d);
     let secs = days * 86400 + i64::from(h * 3600 + mi * 60 + sec.min(59)) - offset_min * 60;
     Some(secs * 1000 + ms)
 }

@@ -64,7 +64,7 @@ pub fn utc_fields(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 }
 
 /// Inverse of `utc_fields` for the date part (days from civil, same source).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
