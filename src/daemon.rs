@@ -38,6 +38,8 @@ struct State {
     source: Option<gst::Bin>,
     /// Set while a source is being opened off the main loop.
     source_opening: bool,
+    /// Set until the first source attempt is over; the display is attached then.
+    display_after_source: bool,
     source_retry: Retry,
     /// The camera streamed last, known once it has been opened: found again by this identity
     /// after an unplug, whatever node it comes back as.
@@ -360,6 +362,13 @@ fn try_source(st: &Shared) {
                     }
                 }
                 Err(e) => retry_source(&st, &format!("{e:#}")),
+            }
+            // The display joins once the first source attempt is over, as it did when the
+            // source started on the main loop: its branch then negotiates with a running
+            // source.
+            let display_waits = std::mem::take(&mut st.borrow_mut().display_after_source);
+            if display_waits {
+                try_display(&st);
             }
         },
     );
@@ -991,6 +1000,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         raw_format,
         source: None,
         source_opening: false,
+        display_after_source: true,
         camera: None,
         camera_watch: false,
         camera_rdev: None,
@@ -1082,7 +1092,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         println!("RTSP: {}", server.url);
         st.borrow_mut().rtsp = Some(server);
     }
-    try_display(&st);
+    // try_display: once the first source attempt is over (see try_source).
     if cfg.signal.enabled {
         start_remote_viewing(&st, &cfg)?;
     }
