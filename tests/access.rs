@@ -4,39 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::peers::*;
 use common::*;
 
-const SECRET: &str = "relay-secret-0123456789";
 const VIEWER_SECRET: &str = "viewer-secret-0123456789";
-
-/// The relay's device secret in a file under `dir`, and the device key of `device` under it.
-fn device_secret(dir: &Path, device: &str) -> (String, String) {
-    let file = dir.join("device-secret");
-    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
-    let f = file.to_str().unwrap().to_string();
-    let out = Command::new(camstream_signal_bin())
-        .args(["--device-secret-file", &f, "device-key", device])
-        .output()
-        .expect("camstream-signal device-key");
-    assert!(out.status.success(), "{out:?}");
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(key.len(), 64, "device key {key:?}");
-    (f, key)
-}
-
-/// camstream-signal, closed, and the device key of `device` under it.
-fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
-    let (f, key) = device_secret(dir, device);
-    (
-        camstream_signal_with(port, &["--device-secret-file", &f]),
-        key,
-    )
-}
 
 /// The device with these `[signal]` keys, once it has found its room on the relay.
 fn device(tag: &str, relay_port: u16, media_push: u16, signal: &str) -> Device {

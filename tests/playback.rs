@@ -687,24 +687,6 @@ fn a_file_deleted_by_retention_while_played_ends_the_session_cleanly() {
     std::fs::remove_dir_all(rec).ok();
 }
 
-/// camstream-signal, closed (devices prove their key, answers go only to the viewers they
-/// name), and the device key of `device` under it.
-fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
-    let file = dir.join("device-secret");
-    std::fs::write(&file, "relay-secret-0123456789\n").unwrap();
-    let f = file.to_str().unwrap().to_string();
-    let out = std::process::Command::new(camstream_signal_bin())
-        .args(["--device-secret-file", &f, "device-key", device])
-        .output()
-        .expect("camstream-signal device-key");
-    assert!(out.status.success(), "{out:?}");
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    (
-        camstream_signal_with(port, &["--device-secret-file", &f]),
-        key,
-    )
-}
-
 #[test]
 fn through_a_closed_camstream_signal_only_the_viewer_that_asked_gets_the_answers() {
     let dir = temp_dir("playback-closed");

@@ -7,7 +7,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::peers::*;
@@ -15,25 +14,6 @@ use common::recordings::mp4_files;
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-const SECRET: &str = "relay-secret-0123456789";
-
-/// camstream-signal, closed, and the device key of `device` under it.
-fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
-    let file = dir.join("device-secret");
-    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
-    let f = file.to_str().unwrap().to_string();
-    let out = Command::new(camstream_signal_bin())
-        .args(["--device-secret-file", &f, "device-key", device])
-        .output()
-        .expect("camstream-signal device-key");
-    assert!(out.status.success(), "{out:?}");
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    (
-        camstream_signal_with(port, &["--device-secret-file", &f]),
-        key,
-    )
-}
 
 /// `config` with recording on, into `dir`, in one-second segments.
 fn recording_into(config: &str, dir: &Path) -> String {

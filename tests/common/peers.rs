@@ -285,3 +285,30 @@ pub fn start_redis(port: u16) -> Peer {
     );
     redis
 }
+
+/// The device secret the closed relays of the tests are started with.
+pub const RELAY_SECRET: &str = "relay-secret-0123456789";
+
+/// The relay's device secret in a file under `dir`, and the device key of `device` under it.
+pub fn device_secret(dir: &Path, device: &str) -> (String, String) {
+    let file = dir.join("device-secret");
+    std::fs::write(&file, format!("{RELAY_SECRET}\n")).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let out = Command::new(camstream_signal_bin())
+        .args(["--device-secret-file", &f, "device-key", device])
+        .output()
+        .expect("camstream-signal device-key");
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(key.len(), 64, "device key {key:?}");
+    (f, key)
+}
+
+/// camstream-signal, closed, and the device key of `device` under it.
+pub fn closed_relay(port: u16, dir: &Path, device: &str) -> (Peer, String) {
+    let (f, key) = device_secret(dir, device);
+    (
+        camstream_signal_with(port, &["--device-secret-file", &f]),
+        key,
+    )
+}
