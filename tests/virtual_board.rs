@@ -139,15 +139,14 @@ fn reported_drops(journal: &str) -> i64 {
 /// Every frame in the files, one frame interval apart: for each file, the frames counted against
 /// its time span at the camera's rate, and the holes (steps longer than 1.5 intervals). Frames
 /// the daemon reported dropped (slow guest) are allowed; frames missing without a report are not.
-/// `stale_first`: the camera's first frame may be older than the rest (v4l2loopback hands a
-/// reader that starts streaming a frame already in its ring, several intervals old, then the
-/// current ones): the run's first frame is not counted.
-fn check_frames(
-    files: &[PathBuf],
-    fps: f64,
-    reported: i64,
-    stale_first: bool,
-) -> Result<String, String> {
+/// `fed`: the camera is a v4l2loopback device fed by a pipeline in the guest. Its first frame may
+/// be older than the rest (v4l2loopback hands a reader that starts streaming a frame already in
+/// its ring, several intervals old, then the current ones): the run's first frame is not counted.
+/// And its timestamps are the feeder's write times: on the loaded one-vCPU guest a late write is
+/// followed by a quick one, so a file's span can be a frame or two short of its count (CI saw
+/// 299 frames over 9.88 s, every frame the camera gave written once). 1 % more frames than the
+/// span is allowed there; a duplicated segment or a wrong rate is far more than that.
+fn check_frames(files: &[PathBuf], fps: f64, reported: i64, fed: bool) -> Result<String, String> {
     if files.is_empty() {
         return Err("no recording was written".into());
     }
@@ -156,7 +155,7 @@ fn check_frames(
     let mut total_missing = 0i64;
     for (i, f) in files.iter().enumerate() {
         let mut p = packets(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        if i == 0 && stale_first && !p.is_empty() {
+        if i == 0 && fed && !p.is_empty() {
             p.remove(0);
         }
         let name = f.file_name().unwrap().to_string_lossy().to_string();
@@ -184,7 +183,8 @@ fn check_frames(
             if at.is_empty() { String::new() } else { format!(" at {}", at.join(", ")) }
         );
         // Frames beyond the span's count (duplicates) or a wrong rate are always wrong.
-        if p.len() as i64 > expected + 1 {
+        let slack = if fed { 1 + expected / 100 } else { 1 };
+        if p.len() as i64 > expected + slack {
             bad.push(line.clone());
         }
         total_missing += (expected - p.len() as i64).max(0);
