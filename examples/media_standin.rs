@@ -127,6 +127,9 @@ fn record_factory(
             return;
         };
         println!("media-standin: push started on /channel/{id}");
+        let ended = id.clone();
+        media
+            .connect_unprepared(move |_| println!("media-standin: push ended on /channel/{ended}"));
         let readers = readers.clone();
         let id = id.clone();
         sink.set_callbacks(

@@ -651,8 +651,14 @@ fn on_command(st: &Shared, cmd: Command) {
             asked,
         } => {
             let pb = st.borrow().playback.clone();
-            if let Some(pb) = pb {
-                pb.request(viewer, until, asked);
+            if pb.is_some_and(|pb| pb.request(viewer.clone(), until, asked)) {
+                // A viewer watching a recording no longer watches live video: its live lease
+                // ends now, so the uplink is not kept running (on a metered link) for a picture
+                // nobody sees. Back to live is a new `auth`.
+                if let Some(t) = st.borrow_mut().viewers.get_mut(&viewer) {
+                    *t = Instant::now();
+                }
+                check_lease(st);
             }
             return;
         }

@@ -165,13 +165,36 @@ fn timeline_shows_recordings_plays_one_and_goes_back_to_live() {
         "{playing}\n{}",
         dev.log_text()
     );
-    // The media server took a second push: the recording, beside live.
+    // The media server took a second push: the recording; and the live push ended, as the
+    // page watches the recording only (a metered uplink does not run for nothing).
     assert!(
         media.peer.count("push started") >= 2,
         "no playback push: {}",
         dev.log_text()
     );
+    let live_path = media
+        .peer
+        .wait_for("push started on /channel/", Duration::from_secs(1))
+        .map(|(_, l)| l.rsplit('/').next().unwrap_or_default().to_string())
+        .expect("live push");
+    assert!(
+        media
+            .peer
+            .wait_for(
+                &format!("push ended on /channel/{live_path}"),
+                Duration::from_secs(15)
+            )
+            .is_some(),
+        "the live push kept running during playback: {:?}\n{}",
+        media.peer.lines.lock().unwrap(),
+        dev.log_text()
+    );
     let back = step("back-live");
     assert!(back.starts_with("STEP back-live"), "{back}");
+    assert!(
+        media.peer.count("push started") >= 3,
+        "back to live without a new live push: {:?}",
+        media.peer.lines.lock().unwrap()
+    );
     std::fs::remove_dir_all(rec).ok();
 }

@@ -142,24 +142,27 @@ impl Playback {
         any
     }
 
-    /// A viewer's request, already checked on the signalling thread.
-    pub fn request(&self, viewer: String, until: Instant, asked: Asked) {
+    /// A viewer's request, already checked on the signalling thread. True when it started a
+    /// playback session for the viewer (`play` or `seek` accepted).
+    pub fn request(&self, viewer: String, until: Instant, asked: Asked) -> bool {
         let Asked { request, id } = asked;
         match request {
             Request::Recordings { from_ms, to_ms } => {
                 let index = self.inner.borrow().index.clone();
                 let Some(index) = index else {
-                    return self.refuse(
+                    self.refuse(
                         &viewer,
                         Refusal::new("recordings", "this device does not record"),
                         &id,
                     );
+                    return false;
                 };
                 let mut answer = index.list(from_ms * 1000, to_ms * 1000, index::now_us());
                 if let Some(id) = &id {
                     answer["id"] = id.clone();
                 }
                 self.send("recordings", vec![answer], &viewer);
+                false
             }
             Request::Play {
                 from_ms,
@@ -171,8 +174,12 @@ impl Playback {
                     to_ms,
                     speed,
                 };
-                if let Err(r) = self.play(&viewer, until, range, id.clone()) {
-                    self.refuse(&viewer, r, &id);
+                match self.play(&viewer, until, range, id.clone()) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        self.refuse(&viewer, r, &id);
+                        false
+                    }
                 }
             }
             Request::Stop { path } => {
@@ -184,6 +191,7 @@ impl Playback {
                         &id,
                     );
                 }
+                false
             }
             Request::Seek { path, to_ms } => {
                 // Seeking is a new session from the new time, to the same end.
@@ -200,11 +208,12 @@ impl Playback {
                         .next_back()
                 };
                 let Some((key, old_to, speed, old_id)) = found else {
-                    return self.refuse(
+                    self.refuse(
                         &viewer,
                         Refusal::new("seek", "no such playback session"),
                         &id,
                     );
+                    return false;
                 };
                 if let Some(s) = self.inner.borrow_mut().sessions.get_mut(&key) {
                     s.stopping = true;
@@ -215,9 +224,13 @@ impl Playback {
                     to_ms: old_to.filter(|t| *t > to_ms),
                     speed,
                 };
-                if let Err(mut r) = self.play(&viewer, until, range, id.clone().or(old_id)) {
-                    r.request = "seek".into();
-                    self.refuse(&viewer, r, &id);
+                match self.play(&viewer, until, range, id.clone().or(old_id)) {
+                    Ok(()) => true,
+                    Err(mut r) => {
+                        r.request = "seek".into();
+                        self.refuse(&viewer, r, &id);
+                        false
+                    }
                 }
             }
         }

@@ -314,8 +314,10 @@ function goLive() {
   currentPath = null;
   requestedAt = performance.now();
   firstPictureMs = null;
-  if (livePath) play(livePath);
-  else request();
+  // The device ended this viewer's live lease when the recording started (the uplink may be
+  // gone with it): ask again; `bridge` says where live video is now.
+  livePath = null;
+  request();
 }
 
 function askStatus() {
@@ -390,7 +392,8 @@ document.addEventListener("visibilitychange", () => {
     }, HIDDEN_STOP_MS);
   } else {
     hiddenSince = null;
-    if (paused) { paused = false; request(); }
+    // A recording's lease ran out while hidden: back to live.
+    if (paused) { paused = false; if (recording) goLive(); else request(); }
   }
 });
 window.addEventListener("pagehide", () => { paused = true; stopPlayback(); if (socket) socket.close(); });
