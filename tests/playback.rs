@@ -26,6 +26,11 @@ struct Frame {
 
 /// Decodes every frame of `file` (MP4 or MPEG-TS) and reads its QR code.
 fn decode_frames(file: &Path) -> Vec<Frame> {
+    decode_checked(file).0
+}
+
+/// The same, and the decoding pipeline's error, if it posted one.
+fn decode_checked(file: &Path) -> (Vec<Frame>, Option<String>) {
     gst::init().unwrap();
     let p = gst::parse::launch(&format!(
         "filesrc location=\"{}\" ! parsebin ! identity name=coded ! avdec_h264 ! identity name=decoded \
@@ -67,12 +72,14 @@ fn decode_frames(file: &Path) -> Vec<Frame> {
     p.set_state(gst::State::Playing).unwrap();
     let bus = p.bus().unwrap();
     let mut codes = std::collections::HashMap::new();
+    let mut error = None;
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
                 // A segment cut short at the end of a push: what was decoded counts.
                 eprintln!("{}: {}", file.display(), e.error());
+                error = Some(e.error().to_string());
                 break;
             }
             gst::MessageView::Element(e) => {
@@ -100,7 +107,7 @@ fn decode_frames(file: &Path) -> Vec<Frame> {
             capture: codes.get(pts).copied(),
         })
         .collect();
-    out
+    (out, error)
 }
 
 /// Capture times of every frame of `files` (each file's frames in order), and how many frames
@@ -815,5 +822,322 @@ fn seek_starts_the_session_again_from_another_time_and_stop_ends_it() {
         a["path"] == pb["path"]
     });
     assert_eq!(ended["reason"], "stopped");
+    std::fs::remove_dir_all(rec).ok();
+}
+
+/// The size field of the top-level `mdat` box: 0 ("to the end of the file") in a robust-muxed
+/// MP4 until mp4mux finalises it, which a killed recorder never does. None: no `mdat`.
+fn mdat_size_field(file: &Path) -> Option<u64> {
+    let b = std::fs::read(file).unwrap();
+    let mut at = 0usize;
+    while at + 8 <= b.len() {
+        let size = u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as u64;
+        let (field, len) = match size {
+            1 => {
+                let s = u64::from_be_bytes(b.get(at + 8..at + 16)?.try_into().unwrap());
+                (s, s)
+            }
+            0 => (0, (b.len() - at) as u64),
+            s => (s, s),
+        };
+        if &b[at + 4..at + 8] == b"mdat" {
+            return Some(field);
+        }
+        if len < 8 {
+            return None;
+        }
+        at += len as usize;
+    }
+    None
+}
+
+/// What ffmpeg reports while decoding every frame of `file` (empty: no decoder error).
+fn ffmpeg_errors(file: &Path) -> String {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        text.push_str(&format!("(exit {:?})", out.status.code()));
+    }
+    text
+}
+
+/// The capture time of a file's first and last frame, from the first and last readable codes
+/// (a frame without one is a frame step away from its neighbour).
+fn capture_span(frames: &[Frame]) -> (u64, u64) {
+    const STEP: u64 = 33_333;
+    let i = frames.iter().position(|f| f.capture.is_some()).unwrap();
+    let j = frames.iter().rposition(|f| f.capture.is_some()).unwrap();
+    (
+        frames[i].capture.unwrap() - i as u64 * STEP,
+        frames[j].capture.unwrap() + (frames.len() - 1 - j) as u64 * STEP,
+    )
+}
+
+/// Plays `[from, to]` (device timeline, µs) and returns the `playback` answer, the
+/// `playback-ended` answer and the frames decoded from what the media server received, with
+/// the errors decoding them raised (GStreamer or ffmpeg).
+fn play_and_decode(
+    relay_port: u16,
+    media: &Media,
+    from: u64,
+    to: u64,
+    id: &str,
+) -> (Value, Value, Vec<Frame>, Vec<String>) {
+    let v = viewer_args(
+        relay_port,
+        &["--play", &epoch(from), &epoch(to), "--id", id],
+    );
+    let pb = wait_answer(&v, "playback", Duration::from_secs(15), |a| a["id"] == id);
+    let path = pb["path"].as_str().unwrap().to_string();
+    let ended = wait_answer(&v, "playback-ended", Duration::from_secs(20), |a| {
+        a["path"] == path.as_str()
+    });
+    drop(v);
+    std::thread::sleep(Duration::from_millis(500));
+    let segs = pushed_segments(media, &path);
+    assert!(!segs.is_empty(), "no HLS segment for {path}");
+    let mut frames = Vec::new();
+    let mut errors = Vec::new();
+    for s in &segs {
+        let (f, e) = decode_checked(s);
+        frames.extend(f);
+        errors.extend(e.map(|e| format!("{}: {e}", s.display())));
+        let ff = ffmpeg_errors(s);
+        if !ff.trim().is_empty() {
+            errors.push(format!("{} (ffmpeg): {ff}", s.display()));
+        }
+    }
+    (pb, ended, frames, errors)
+}
+
+/// Pushed frames against the recorded ones, by capture time: as many (give or take the HLS
+/// writer's last frames), the first and the last within one frame.
+fn assert_frame_for_frame(what: &str, pushed: &[Frame], expected: &[u64]) {
+    let unread = pushed.iter().filter(|f| f.capture.is_none()).count();
+    let got: Vec<u64> = pushed.iter().filter_map(|f| f.capture).collect();
+    let frame = 50_000;
+    eprintln!(
+        "{what}: {} frames pushed ({unread} without a code) for {} recorded; first {} (recorded {}), last {} (recorded {})",
+        pushed.len(),
+        expected.len(),
+        epoch(got[0]),
+        epoch(expected[0]),
+        epoch(*got.last().unwrap()),
+        epoch(*expected.last().unwrap())
+    );
+    assert!(
+        (pushed.len() as i64 - expected.len() as i64).abs() <= 2,
+        "{what}: {} frames pushed, {} recorded in the range",
+        pushed.len(),
+        expected.len()
+    );
+    assert!(unread <= 2, "{what}: {unread} frames without a code");
+    assert!(got[0].abs_diff(expected[0]) < frame, "{what}: first frame");
+    assert!(
+        got.last().unwrap().abs_diff(*expected.last().unwrap()) < frame,
+        "{what}: last frame"
+    );
+}
+
+#[test]
+fn a_file_cut_short_by_a_kill_is_listed_and_played_after_a_restart() {
+    let relay_port = free_port();
+    let _relay = relay(relay_port);
+    let media = media_standin(free_port());
+    let rec = temp_dir("playback-cut");
+    let mut dev = recording_device("playback-cut", relay_port, &media, &rec, "");
+    // In the middle of the fourth 2 s segment: it is opened about a GOP (500 ms) into itself
+    // and ends at the first keyframe after 2 s.
+    dev.wait_log("-000004.mp4", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(850));
+    dev.stop(Signal::SIGKILL, Duration::from_secs(5));
+    drop(dev);
+
+    let before = mp4_files(&rec);
+    let cut = before.last().unwrap().clone();
+    eprintln!("after the kill: {before:?}");
+    assert!(
+        cut.to_string_lossy().ends_with("_0001-000004.mp4"),
+        "PREMISE: the file being written at the kill is not the last one: {before:?}"
+    );
+    // The premise: mp4mux never finalised the file (its mdat still runs "to the end of the
+    // file"), and what its last index update covers is less than a whole segment.
+    let mdat = mdat_size_field(&cut);
+    assert_eq!(
+        mdat,
+        Some(0),
+        "PREMISE: {} was finalised (mdat size {mdat:?}), not cut short",
+        cut.display()
+    );
+    for f in &before[..before.len() - 1] {
+        assert_ne!(mdat_size_field(f), Some(0), "{} left open", f.display());
+    }
+    let (cut_frames, err) = decode_checked(&cut);
+    assert_eq!(err, None, "GStreamer cannot decode the cut file");
+    let ff = ffmpeg_errors(&cut);
+    assert!(ff.trim().is_empty(), "ffmpeg on the cut file: {ff}");
+    let probed = frame_times(&cut).len();
+    eprintln!(
+        "cut file {}: {} bytes, mdat size field 0, {probed} frames for ffprobe, {} for GStreamer",
+        cut.display(),
+        std::fs::metadata(&cut).unwrap().len(),
+        cut_frames.len()
+    );
+    assert_eq!(cut_frames.len(), probed, "GStreamer and ffprobe disagree");
+    assert!(
+        probed > 15 && probed < 60,
+        "PREMISE: {probed} playable frames in the cut file, not a 2 s segment cut after its second keyframe"
+    );
+    let first_boot: Vec<Vec<Frame>> = before.iter().map(|f| decode_frames(f)).collect();
+    let played_before: usize = first_boot.iter().map(Vec::len).sum();
+
+    // The daemon again, on the same card.
+    let dev = recording_device("playback-cut-again", relay_port, &media, &rec, "");
+    dev.wait_log("recordings on the card indexed", Duration::from_secs(10));
+    dev.wait_log("_0002-000002.mp4", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = mp4_files(&rec);
+    let restart_first = after
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("_0002-000001.mp4"))
+        .expect("the first file after the restart")
+        .clone();
+    let second_boot = decode_frames(&restart_first);
+
+    let t = now_us();
+    let v = viewer_args(
+        relay_port,
+        &[
+            "--recordings",
+            &epoch(t - 120_000_000),
+            &epoch(t + 10_000_000),
+        ],
+    );
+    let list = wait_answer(&v, "recordings", Duration::from_secs(10), |a| {
+        a.get("spans").is_some()
+    });
+    drop(v);
+    eprintln!("recordings: {list}");
+    assert_eq!(list["complete"], Value::Bool(true), "{list}");
+    let spans = list["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2, "the kill and restart leave a gap: {list}");
+    let (old, new) = (&spans[0], &spans[1]);
+    assert_eq!(
+        old["files"].as_u64().unwrap() as usize,
+        before.len(),
+        "{list}"
+    );
+    assert_eq!(old["open"], Value::Bool(false));
+    assert_eq!(new["open"], Value::Bool(true));
+    let old_start = rfc3339_us(old["start"].as_str().unwrap());
+    let old_end = rfc3339_us(old["end"].as_str().unwrap());
+    let new_start = rfc3339_us(new["start"].as_str().unwrap());
+    let gap = &list["gaps"][0];
+    assert_eq!(gap["start"], old["end"], "{list}");
+    assert_eq!(gap["end"], new["start"], "{list}");
+
+    // The run before the kill is placed from its file names (to the second) narrowed by the
+    // durations, so it sits `shift` off the capture clock; within it, files follow each other.
+    let (cap0, _) = capture_span(&first_boot[0]);
+    let shift = old_start as i64 - cap0 as i64;
+    let (cut_first, cut_last) = capture_span(&cut_frames);
+    let step = 33_333i64;
+    let listed_end = old_end as i64 - shift;
+    eprintln!(
+        "before the kill: {played_before} frames in {} files; the span is {} µs off the capture clock; \
+         it ends {} µs after the cut file's last frame; gap {} s; after the restart the span starts {} µs from its first frame",
+        before.len(),
+        shift,
+        listed_end - cut_last as i64,
+        gap["duration_s"],
+        new_start as i64 - capture_span(&second_boot).0 as i64
+    );
+    assert!(shift.abs() < 600_000, "placed {shift} µs off");
+    // The cut file ends where its last playable frame does (plus that frame's own length).
+    assert!(
+        (listed_end - (cut_last as i64 + step)).abs() < 50_000,
+        "the span ends {} µs after the cut file's last frame",
+        listed_end - cut_last as i64
+    );
+    let span_s = old["duration_s"].as_f64().unwrap();
+    assert!(
+        (span_s - played_before as f64 / 30.0).abs() < 0.1,
+        "span of {span_s} s for {played_before} frames"
+    );
+    // Where the cut file starts on that timeline (the span's end less what it holds): at its
+    // first frame.
+    let cut_start = listed_end - probed as i64 * step;
+    assert!(
+        (cut_start - cut_first as i64).abs() < 50_000,
+        "the cut file starts {} µs from its first frame",
+        cut_start - cut_first as i64
+    );
+    let (restart_cap0, _) = capture_span(&second_boot);
+    assert!(
+        new_start.abs_diff(restart_cap0) < 50_000,
+        "the span after the restart starts at {}, its first frame at {}",
+        epoch(new_start),
+        epoch(restart_cap0)
+    );
+
+    // A range from inside the cut file, from the middle of a GOP, to the gap after it.
+    let times: Vec<(u64, bool)> = cut_frames
+        .iter()
+        .filter_map(|f| f.capture.map(|c| (c, f.key)))
+        .collect();
+    let keys: Vec<usize> = (0..times.len()).filter(|i| times[*i].1).collect();
+    assert!(keys.len() >= 2, "keyframes in the cut file: {times:?}");
+    let k = keys[1];
+    let j = (k + 7).min(times.len() - 2);
+    let from_cap = (times[j].0 + times[j + 1].0) / 2;
+    let from = (from_cap as i64 + shift) as u64;
+    let expected: Vec<u64> = times[k..].iter().map(|t| t.0).collect();
+    let to = (old_end + new_start) / 2;
+    let (pb, ended, pushed, errors) = play_and_decode(relay_port, &media, from, to, "cut");
+    eprintln!("to the end of the cut file: {pb} then {ended}");
+    assert_eq!(ended["reason"], "end", "{ended}");
+    assert!(errors.is_empty(), "decoding what was pushed: {errors:?}");
+    assert_frame_for_frame("to the end of the cut file", &pushed, &expected);
+    let claimed = rfc3339_us(pb["start"].as_str().unwrap()) as i64 - shift;
+    assert!(
+        claimed.abs_diff(expected[0] as i64) < 50_000,
+        "playback says it starts at {claimed}, its first frame was captured at {}",
+        expected[0]
+    );
+
+    // From the same point across the gap, to about a second into the first file after the
+    // restart (placed to the millisecond).
+    let times2: Vec<u64> = second_boot.iter().filter_map(|f| f.capture).collect();
+    let m = times2
+        .iter()
+        .position(|c| *c >= restart_cap0 + 1_000_000)
+        .unwrap();
+    let to_cap = (times2[m] + times2[m + 1]) / 2;
+    let to = to_cap + new_start - restart_cap0;
+    let mut expected2 = expected.clone();
+    expected2.extend(times2.iter().filter(|c| **c < to_cap));
+    let (_, ended, pushed, errors) = play_and_decode(relay_port, &media, from, to, "across");
+    eprintln!("across the restart: {ended}");
+    assert_eq!(ended["reason"], "to", "{ended}");
+    assert!(errors.is_empty(), "decoding what was pushed: {errors:?}");
+    assert_frame_for_frame("across the restart", &pushed, &expected2);
+    // Both sides of the gap came through, in order.
+    let got: Vec<u64> = pushed.iter().filter_map(|f| f.capture).collect();
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
+    let cut_end = *expected.last().unwrap();
+    assert!(
+        got.contains(&cut_end),
+        "the cut file's last frame is missing"
+    );
+    assert!(
+        got.iter().any(|c| *c >= restart_cap0),
+        "nothing after the restart"
+    );
+    drop(dev);
     std::fs::remove_dir_all(rec).ok();
 }
