@@ -196,5 +196,11 @@ fn timeline_shows_recordings_plays_one_and_goes_back_to_live() {
         "back to live without a new live push: {:?}",
         media.peer.lines.lock().unwrap()
     );
+    let pinch = step("pinch");
+    eprintln!("{pinch}");
+    assert!(
+        pinch.contains("10 min -> 5 min"),
+        "a pinch spreading the fingers from 20 % to 40 % of the track should halve the window: {pinch}"
+    );
     std::fs::remove_dir_all(rec).ok();
 }

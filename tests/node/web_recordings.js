@@ -5,6 +5,7 @@
 //   STEP status <json>                          the status panel's rows
 //   STEP recording <status> | <details>         a click on the timeline plays a recording
 //   STEP back-live                              "Back to live" plays live again
+//   STEP pinch <before> -> <after>              a two-finger pinch zooms the timeline
 // node web_recordings.js VIEWER_URL SCREENSHOT_PATH
 const fs = require("fs");
 const os = require("os");
@@ -63,6 +64,24 @@ async function waitPlaying(page, prefix, timeoutMs) {
   await page.click("#golive");
   await waitPlaying(page, "Live", 45000);
   await out("STEP back-live");
+
+  // A two-finger pinch (real touch input through the DevTools protocol) zooms in around the
+  // middle of the fingers.
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send("Emulation.setTouchEmulationEnabled", { enabled: true, maxTouchPoints: 5 });
+  await page.locator("#recordings .track").scrollIntoViewIfNeeded();
+  const tb = await page.locator("#recordings .track").boundingBox();
+  const y = tb.y + tb.height / 2;
+  const at = (f1, f2) => [{ x: tb.x + tb.width * f1, y, id: 1 }, { x: tb.x + tb.width * f2, y, id: 2 }];
+  const before = await page.textContent("#recordings .window");
+  await cdp.send("Input.dispatchTouchEvent", { type: "touchStart", touchPoints: at(0.4, 0.6) });
+  for (const [a, b] of [[0.38, 0.62], [0.35, 0.65], [0.3, 0.7]]) {
+    await cdp.send("Input.dispatchTouchEvent", { type: "touchMove", touchPoints: at(a, b) });
+  }
+  await cdp.send("Input.dispatchTouchEvent", { type: "touchEnd", touchPoints: [] });
+  const after = await page.textContent("#recordings .window");
+  await out(`STEP pinch ${before} -> ${after}`);
+
   await ctx.close();
 })().catch(async (e) => {
   await out("FAILED " + e.message.split("\n")[0]);

@@ -1,5 +1,5 @@
 // The recordings timeline: recorded spans and the gaps between them over a window of time
-// (the last 24 h at first), zoomed with the buttons or the wheel, panned by dragging, and a
+// (the last 24 h at first), zoomed with the buttons, the wheel or a pinch, panned by dragging, and a
 // click (or tap) on it asks to play from that time. Spans are elements, not pixels on a
 // canvas: a screen reader can read them and a test can find them.
 
@@ -34,12 +34,30 @@ export class Timeline {
       e.preventDefault();
       this.zoomTo(this.windowS * (e.deltaY > 0 ? 1.5 : 1 / 1.5), this.timeAt(e.clientX));
     }, { passive: false });
+    // One pointer drags (or taps to play); two pinch: the window zooms by the change in their
+    // distance, around the time between them (phones have no wheel).
     let down = null;
+    const touches = new Map(); // pointerId -> clientX
+    let pinch = null;
+    const spread = () => { const [a, b] = [...touches.values()]; return Math.max(1, Math.abs(a - b)); };
+    const middle = () => { const [a, b] = [...touches.values()]; return (a + b) / 2; };
     this.track.addEventListener("pointerdown", (e) => {
-      down = { x: e.clientX, end: this.end, moved: false };
-      this.track.setPointerCapture?.(e.pointerId);
+      touches.set(e.pointerId, e.clientX);
+      try { this.track.setPointerCapture(e.pointerId); } catch { /* a pointer already gone */ }
+      if (touches.size === 2) {
+        down = null; // a pinch is not a tap
+        pinch = { dist: spread(), windowS: this.windowS, around: this.timeAt(middle()) };
+        return;
+      }
+      if (touches.size === 1) down = { x: e.clientX, end: this.end, moved: false };
     });
     this.track.addEventListener("pointermove", (e) => {
+      if (!touches.has(e.pointerId)) return;
+      touches.set(e.pointerId, e.clientX);
+      if (pinch && touches.size === 2) {
+        this.zoomTo(pinch.windowS * (pinch.dist / spread()), pinch.around);
+        return;
+      }
       if (!down) return;
       const dx = e.clientX - down.x;
       if (Math.abs(dx) > 5) down.moved = true;
@@ -49,11 +67,18 @@ export class Timeline {
       this.follow = Date.now() - this.end < 1000;
       this.render();
     });
+    const lift = (e) => {
+      touches.delete(e.pointerId);
+      if (touches.size < 2) pinch = null;
+    };
     this.track.addEventListener("pointerup", (e) => {
+      const wasPinch = pinch !== null || touches.size > 1;
+      lift(e);
       const d = down;
       down = null;
-      if (d && !d.moved) this.onPick(Math.min(this.timeAt(e.clientX), Date.now()));
+      if (d && !d.moved && !wasPinch) this.onPick(Math.min(this.timeAt(e.clientX), Date.now()));
     });
+    this.track.addEventListener("pointercancel", (e) => { lift(e); down = null; });
     this.track.addEventListener("keydown", (e) => {
       const step = (this.windowS * 1000) / 10;
       if (e.key === "ArrowLeft") { this.end -= step; this.follow = false; this.render(); }
