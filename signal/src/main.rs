@@ -16,12 +16,16 @@
 //!   last argument `{"to": id | [ids]}` that are in its room, without that argument;
 //! - nothing else is relayed: a viewer that was not let in learns nothing, not even who else
 //!   watches.
+//! - the relay asks each device connected to it for its status itself (`status null
+//!   {"viewer": "relay:status"}`, to the device's socket only, shortly after it proves its key
+//!   and every `--status-interval` seconds); the device's answer addressed `{"to":
+//!   "relay:status"}` is taken from the device's socket only and goes to no room member.
 //!
 //! Anything else, or a payload of the wrong type or size, is dropped.
 //!
-//! It also lists the devices that proved their key, online or not (`GET /devices`, JSON, and
-//! `/devices.html`: devices.rs), serves static files (the web viewer) and answers CORS as
-//! configured. Several nodes
+//! It also lists the devices that proved their key, online or not, with the summary of their
+//! answer to its own `status` request (`GET /devices`, JSON, and `/devices.html`: devices.rs),
+//! serves static files (the web viewer) and answers CORS as configured. Several nodes
 //! can share rooms through Redis (`--redis redis://host:6379`): a viewer on one node reaches a
 //! device on another.
 
@@ -65,6 +69,14 @@ struct Args {
     /// Share rooms with other nodes through this Redis (7 or later), e.g. redis://127.0.0.1:6379.
     #[arg(long)]
     redis: Option<String>,
+    /// Seconds between the relay's own `status` requests to each device connected to this node
+    /// (closed relay; each device is also asked once shortly after it proves its key); 0: never.
+    #[arg(long, default_value_t = 60)]
+    status_interval: u64,
+    /// With --redis: seconds a device stays online in the shared list unless its node renews
+    /// it (every third of that); the devices of a node that dies go offline within it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    presence_ttl: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -191,7 +203,11 @@ async fn register_handlers<A: Adapter>(
             async move |s: SocketRef<A>, TryData::<EventArgs>(args)| {
                 let args = args.unwrap_or_default().0;
                 if !valid_args(ev, &args) {
-                    tracing::debug!(id = %s.id, ev, "oversized payload dropped");
+                    if device_of(&s).is_some() {
+                        tracing::warn!(id = %s.id, ev, "oversized payload from a device dropped");
+                    } else {
+                        tracing::debug!(id = %s.id, ev, "oversized payload dropped");
+                    }
                     return;
                 }
                 if device_key::closed() {
@@ -265,7 +281,13 @@ async fn find_closed<A: Adapter>(s: SocketRef<A>, room: String, key: Option<&str
             }
             s.join(dev);
             drop(guard);
-            devices::connected(&room, &s.id.to_string());
+            let device = s.clone();
+            let asker: devices::Asker = std::sync::Arc::new(move || {
+                // To the device's socket only; it answers `{"to": RELAY_VIEWER}`.
+                let who = serde_json::json!({ "viewer": devices::RELAY_VIEWER });
+                device.emit("status", &(Value::Null, who)).is_ok()
+            });
+            devices::connected(&room, &s.id.to_string(), asker);
             let r = room.clone();
             s.on_disconnect(move |s: SocketRef<A>| {
                 let r = r.clone();
@@ -333,6 +355,18 @@ async fn relay_closed<A: Adapter>(s: SocketRef<A>, ev: &'static str, args: Vec<V
                     return;
                 }
             };
+            // The relay's own `status` request: taken here, never relayed (from the device's
+            // socket only: this is the device's branch).
+            if ev == "status" && to.iter().any(|id| id == devices::RELAY_VIEWER) {
+                devices::answered(&room, &s.id.to_string(), &args[..args.len() - 1]);
+            }
+            let to: Vec<String> = to
+                .into_iter()
+                .filter(|id| id != devices::RELAY_VIEWER)
+                .collect();
+            if to.is_empty() {
+                return;
+            }
             let members: Vec<String> = match s.within(room.clone()).fetch_sockets().await {
                 Ok(m) => m.iter().map(|m| m.data().id.to_string()).collect(),
                 Err(e) => {
@@ -409,6 +443,9 @@ async fn main() -> Result<()> {
             };
             let client = redis::Client::open(url.as_str()).context("bad --redis URL")?;
             lock::use_redis(&client).await?;
+            devices::use_redis(&client, std::time::Duration::from_secs(args.presence_ttl))
+                .await
+                .context("cannot reach Redis")?;
             let config = socketioxide_redis::RedisAdapterConfig::new()
                 .with_request_timeout(std::time::Duration::from_millis(500));
             let driver = redis_driver::ReconnectingDriver::new(&client)
@@ -426,6 +463,9 @@ async fn main() -> Result<()> {
             app.layer(layer)
         }
     };
+    if device_key::closed() {
+        devices::poll(std::time::Duration::from_secs(args.status_interval));
+    }
     let mut app = app;
     if !args.cors_origins.is_empty() {
         let origin = if args.cors_origins.iter().any(|o| o == "*") {
