@@ -510,3 +510,387 @@ fn relay_lists_devices_online_then_offline() {
     assert!(page.contains("<td>test01</td><td>offline</td>"), "{page}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// camstream-signal, closed, with these extra arguments, and the device key of `device`.
+fn closed_relay_with(port: u16, dir: &Path, device: &str, extra: &[&str]) -> (Peer, String) {
+    let (f, key) = device_secret(dir, device);
+    let mut args = vec!["--device-secret-file", f.as_str()];
+    args.extend_from_slice(extra);
+    (camstream_signal_with(port, &args), key)
+}
+
+/// The device's status as `/devices` shows it; null before the relay has one.
+fn relay_status(port: u16, id: &str) -> Value {
+    device_entry(port, id).map_or(Value::Null, |d| d["status"].clone())
+}
+
+/// Waits for `/devices` to show a status of `id` satisfying `pred`.
+fn wait_relay_status(
+    port: u16,
+    id: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    wait_for(timeout, || {
+        last = relay_status(port, id);
+        !last.is_null() && pred(&last)
+    })
+    .unwrap_or_else(|| {
+        panic!("no such status of {id} at /devices within {timeout:?}; last: {last:#}")
+    });
+    last
+}
+
+/// The `status` events a Node client printed.
+fn status_events(p: &Peer) -> Vec<String> {
+    p.lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["event"] == "status" || v.get("status").is_some())
+        })
+        .map(|(_, l)| l.clone())
+        .collect()
+}
+
+/// A stand-in device (tests/node/fake_device.js) answering the relay's requests with `answers`.
+fn fake_device(relay_port: u16, device: &str, key: &str, answers: &Value, extra: &[&str]) -> Peer {
+    let mut c = std::process::Command::new("node");
+    c.arg(node_dir().join("fake_device.js"))
+        .arg(format!("http://127.0.0.1:{relay_port}"))
+        .arg(device)
+        .arg(key)
+        .arg(answers.to_string())
+        .args(extra);
+    Peer::spawn(c)
+}
+
+#[test]
+fn relay_asks_each_device_for_its_status_and_tells_no_viewer() {
+    let dir = temp_dir("relay-status");
+    let rec = dir.join("rec");
+    let relay_port = free_port();
+    let (_relay, key) = closed_relay_with(relay_port, &dir, "test01", &["--status-interval", "2"]);
+    // An open device (anyone in the room may watch, and ask): the relay's request is let in.
+    // Its uplink goes nowhere, so it logs warnings while someone watches.
+    let signal = format!("open = true\ndevice_key = \"{key}\"");
+    let cfg = recording_into(
+        &device_config_signal(free_port(), relay_port, free_port(), &signal, ""),
+        &rec,
+    );
+    let mut dev = Device::start("relay-status", &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+    let t_join = Instant::now();
+    // A viewer watching all along, asking nothing.
+    let bystander = viewer_with(relay_port, "test01", 500, &[]);
+    bystander
+        .wait_for("\"join\"", Duration::from_secs(10))
+        .expect("the viewer joins");
+
+    // Asked shortly after it joined, well before the first interval would have it.
+    let first = wait_relay_status(relay_port, "test01", Duration::from_secs(10), |_| true);
+    eprintln!("first status after {:?}: {first:#}", t_join.elapsed());
+    // Then every 2 s: the card's oldest file and the uplink's warnings show up.
+    let s = wait_relay_status(relay_port, "test01", Duration::from_secs(30), |s| {
+        !s["oldest_recording"].is_null() && s["recent_errors"].as_u64().unwrap_or(0) > 0
+    });
+    eprintln!("{s:#}");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s:#}");
+    let profile = s["profile"].as_str().unwrap();
+    assert!(
+        dev.log_text()
+            .contains(&format!("board profile {profile} (")),
+        "profile {profile:?} is not the one the device logged"
+    );
+    assert_eq!(s["recording"], "recording", "{s:#}");
+    let oldest = mp4_files(&rec)
+        .iter()
+        .filter_map(|f| start_of(f))
+        .min()
+        .expect("a recording with a start time");
+    assert_eq!(s["oldest_recording"], oldest.as_str(), "{s:#}");
+    let vfs = nix::sys::statvfs::statvfs(&rec).unwrap();
+    let size = vfs.blocks() as u64 * vfs.fragment_size() as u64;
+    let free = s["disk_free_bytes"].as_u64().expect("disk free");
+    assert!(free > 0 && free <= size, "{s:#}");
+    let synced = s["clock_synced"].as_bool().expect("clock_synced");
+    if Path::new("/run/systemd/timesync/synchronized").exists() {
+        assert!(synced);
+    }
+    match default_route() {
+        Some(iface) => assert_eq!(s["link"]["interface"], iface.as_str(), "{s:#}"),
+        None => assert!(s["link"].is_null(), "{s:#}"),
+    }
+    assert!(s["recent_errors"].as_u64().unwrap() <= 10, "{s:#}");
+    let taken = s["taken"].as_str().unwrap().to_string();
+    assert!(taken.ends_with('Z') && taken.len() == 20, "{taken}");
+
+    // Taken again at the next interval: later, with a longer uptime.
+    let again = wait_relay_status(relay_port, "test01", Duration::from_secs(8), |n| {
+        n["taken"].as_str().unwrap() > taken.as_str()
+    });
+    assert!(
+        again["uptime_s"].as_u64().unwrap() >= first["uptime_s"].as_u64().unwrap() + 2,
+        "{first:#}\n{again:#}"
+    );
+
+    // The page shows it.
+    let (head, page) = get(relay_port, "/devices.html");
+    assert_eq!(code(&head), 200, "{head}");
+    assert!(page.contains("<td>test01</td><td>online</td>"), "{page}");
+    assert!(
+        page.contains(&format!("<td>{}</td>", env!("CARGO_PKG_VERSION"))),
+        "{page}"
+    );
+    assert!(page.contains("<td>recording</td>"), "{page}");
+    assert!(page.contains(&format!("<td>{oldest}</td>")), "{page}");
+
+    // Several answers went to the relay; none reached the viewer in the room.
+    assert!(bystander.count("\"bridge\"") + bystander.count("\"heartbeatpong\"") > 0);
+    let leaked = status_events(&bystander);
+    assert!(
+        leaked.is_empty(),
+        "the viewer got the relay's answers: {leaked:#?}"
+    );
+
+    let (code, _) = dev.stop(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    wait_for(Duration::from_secs(10), || {
+        device_entry(relay_port, "test01").is_some_and(|d| d["online"] == false)
+    })
+    .expect("offline after the device stopped");
+    // The last status stays, with the time it was taken.
+    assert_eq!(
+        relay_status(relay_port, "test01")["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn relay_drops_bad_status_answers_and_escapes_the_page() {
+    let dir = temp_dir("relay-status-bad");
+    let relay_port = free_port();
+    let (_relay, key) = closed_relay_with(relay_port, &dir, "test01", &["--status-interval", "1"]);
+    let evil = "<script>alert(1)</script>";
+    let answers = serde_json::json!([
+        "hello",
+        {"no": "version"},
+        {"version": "x".repeat(20_000)},
+        [{"version": "two"}, {"version": "arguments"}],
+        {"version": 7},
+        {"version": evil, "profile": "<img src=x onerror=alert(2)>", "uptime_s": "long",
+         "recording": {"enabled": false}, "network": {"interface": "\"><b>eth0", "type": "wifi"},
+         "last_errors": "none", "clock_synced": true}
+    ]);
+    let dev = fake_device(
+        relay_port,
+        "test01",
+        &key,
+        &answers,
+        &["--unsolicited", "relay:status", "--only", "relay:status"],
+    );
+    dev.wait_for("\"create\"", Duration::from_secs(10))
+        .expect("the stand-in device is let in");
+    // A viewer of the room sends what looks like answers; a viewer's `status` is a request.
+    let viewer = viewer_with(
+        relay_port,
+        "test01",
+        300,
+        &[
+            "--request",
+            "status",
+            r#"{"version": "forged", "to": "relay:status"}"#,
+            "--repeat",
+            "3",
+        ],
+    );
+    viewer
+        .wait_for("\"join\"", Duration::from_secs(10))
+        .expect("the viewer joins");
+
+    // Every version /devices ever showed, polled until the last answer is taken.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(Duration::from_secs(20), || {
+        let s = relay_status(relay_port, "test01");
+        if let Some(v) = s["version"].as_str() {
+            seen.insert(v.to_string());
+        }
+        s["version"] == evil
+    })
+    .unwrap_or_else(|| panic!("the last answer was not taken; seen {seen:?}"));
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![evil.to_string()]);
+
+    // What the device got from the relay: the request, addressed to the relay itself.
+    let requests: Vec<Value> = dev
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "status")
+        .map(|v| v["args"].clone())
+        .collect();
+    assert!(
+        requests.contains(&serde_json::json!([null, {"viewer": "relay:status"}])),
+        "{requests:#?}"
+    );
+    assert_eq!(
+        dev.count("\"disconnect\""),
+        0,
+        "the device was disconnected"
+    );
+
+    let s = relay_status(relay_port, "test01");
+    assert_eq!(s["profile"], "<img src=x onerror=alert(2)>");
+    assert!(
+        s["uptime_s"].is_null() && s["recent_errors"].is_null(),
+        "{s:#}"
+    );
+    assert_eq!(s["recording"], "off");
+    let (head, page) = get(relay_port, "/devices.html");
+    assert_eq!(code(&head), 200, "{head}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;img src=x onerror=alert(2)&gt;"),
+        "{page}"
+    );
+    assert!(page.contains("&quot;&gt;&lt;b&gt;eth0 (wifi)"), "{page}");
+    assert!(
+        !page.contains("<script") && !page.contains("<img") && !page.contains("<b>"),
+        "{page}"
+    );
+    // Nothing of it reached the viewer.
+    let leaked = status_events(&viewer);
+    assert!(leaked.is_empty(), "{leaked:#?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn relay_nodes_share_devices_and_their_status_through_redis() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: redis-server is not installed");
+        return;
+    }
+    let dir = temp_dir("relay-status-redis");
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port);
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let (f, key) = device_secret(&dir, "test01");
+    let (_, key2) = device_secret(&dir, "test02");
+    let (a, b) = (free_port(), free_port());
+    let ttl = 3;
+    let args = [
+        "--redis",
+        &url,
+        "--device-secret-file",
+        &f,
+        "--status-interval",
+        "2",
+        "--presence-ttl",
+        "3",
+    ];
+    let mut node_a = camstream_signal_with(a, &args);
+    let _node_b = camstream_signal_with(b, &args);
+
+    // A real device on node A: node B lists it, with the status node A asked for.
+    let signal = format!("open = true\ndevice_key = \"{key}\"");
+    let mut dev = Device::start(
+        "relay-status-redis",
+        &device_config_signal(free_port(), a, free_port(), &signal, ""),
+        &[],
+    );
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+    let s = wait_relay_status(b, "test01", Duration::from_secs(10), |_| true);
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s:#}");
+    assert_eq!(s["recording"], "off", "{s:#}");
+    for port in [a, b] {
+        let d = device_entry(port, "test01").expect("listed");
+        assert_eq!(d["online"], true, "{d}");
+        assert!(
+            d["connected_since"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{d}"
+        );
+        assert_eq!(d["status"], s, "{d}");
+    }
+    let (_, page) = get(b, "/devices.html");
+    assert!(page.contains("<td>test01</td><td>online</td>"), "{page}");
+    // The status is renewed: node B shows a later one.
+    let taken = s["taken"].as_str().unwrap().to_string();
+    wait_relay_status(b, "test01", Duration::from_secs(8), |n| {
+        n["taken"].as_str().unwrap() > taken.as_str()
+    });
+
+    // It disconnects: offline on both nodes within the expiry, with its last status.
+    let (code, _) = dev.stop(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let t_stop = Instant::now();
+    for port in [a, b] {
+        let mut last = Value::Null;
+        wait_for(Duration::from_secs(ttl + 1), || {
+            last = device_entry(port, "test01").unwrap();
+            last["online"] == false
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "node {port}: still online {:?} after the device stopped: {last}",
+                t_stop.elapsed()
+            )
+        });
+        assert!(last["connected_since"].is_null(), "{last}");
+        assert_eq!(
+            last["status"]["version"],
+            env!("CARGO_PKG_VERSION"),
+            "{last}"
+        );
+    }
+    eprintln!(
+        "offline on both nodes {:?} after the device stopped",
+        t_stop.elapsed()
+    );
+
+    // A device on node A, and node A dies: node B lists it offline once its presence expires.
+    let fake = fake_device(
+        a,
+        "test02",
+        &key2,
+        &serde_json::json!([{"version": "9.9.9"}]),
+        &[],
+    );
+    fake.wait_for("\"create\"", Duration::from_secs(10))
+        .expect("test02 let in");
+    wait_relay_status(b, "test02", Duration::from_secs(10), |s| {
+        s["version"] == "9.9.9"
+    });
+    assert_eq!(device_entry(b, "test02").unwrap()["online"], true);
+    node_a.child.kill().unwrap();
+    let _ = node_a.child.wait();
+    let t_kill = Instant::now();
+    let mut last = Value::Null;
+    let took = wait_for(Duration::from_secs(ttl + 2), || {
+        last = device_entry(b, "test02").unwrap();
+        last["online"] == false
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "still online {:?} after its node died: {last}",
+            t_kill.elapsed()
+        )
+    });
+    eprintln!("offline on node B {took:?} after node A died (presence expiry {ttl} s)");
+    assert_eq!(last["status"]["version"], "9.9.9", "{last}");
+    assert!(last["connected_since"].is_null(), "{last}");
+    let _ = std::fs::remove_dir_all(dir);
+}
