@@ -651,10 +651,11 @@ fn on_command(st: &Shared, cmd: Command) {
             asked,
         } => {
             let pb = st.borrow().playback.clone();
-            if pb.is_some_and(|pb| pb.request(viewer.clone(), until, asked)) {
+            if pb.is_some_and(|pb| pb.request(viewer.clone(), until, asked)) && !viewer.is_empty() {
                 // A viewer watching a recording no longer watches live video: its live lease
                 // ends now, so the uplink is not kept running (on a metered link) for a picture
-                // nobody sees. Back to live is a new `auth`.
+                // nobody sees. Back to live is a new `auth`. Through a plain relay viewers are
+                // anonymous (one lease for all): the others may still watch live.
                 if let Some(t) = st.borrow_mut().viewers.get_mut(&viewer) {
                     *t = Instant::now();
                 }
