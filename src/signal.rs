@@ -100,6 +100,9 @@ struct Handler {
 
 /// A viewer event's parts: its token (first argument: "tok" or {"token": "tok"}) and, through
 /// camstream-signal, the viewer's id (last argument: {"viewer": id}).
+/// The viewer name camstream-signal asks `status` under, for its list of devices.
+const RELAY_VIEWER: &str = "relay:status";
+
 fn token_and_viewer(args: &[Value], routed: bool) -> (Option<&str>, String) {
     let routing = args
         .last()
@@ -320,11 +323,15 @@ impl Handler {
             // An answer (ours relayed back, or another device's on a plain relay) asks nothing.
             "status" if args.first().is_some_and(|a| a.get("version").is_some()) => {}
             "status" => {
-                // The same rule as a heartbeat: a viewer let in before, or a valid token.
-                if self
-                    .known(&viewer)
-                    .or_else(|| self.admit(&viewer, token))
-                    .is_none()
+                // The same rule as a heartbeat: a viewer let in before, or a valid token. Or
+                // camstream-signal itself, which lists devices with their status: with a device
+                // key the relay writes every viewer argument, so no room member can claim its.
+                let from_relay = self.routed && viewer == RELAY_VIEWER;
+                if !from_relay
+                    && self
+                        .known(&viewer)
+                        .or_else(|| self.admit(&viewer, token))
+                        .is_none()
                 {
                     return;
                 }

@@ -803,8 +803,9 @@ fn relay_nodes_share_devices_and_their_status_through_redis() {
     let mut node_a = camstream_signal_with(a, &args);
     let _node_b = camstream_signal_with(b, &args);
 
-    // A real device on node A: node B lists it, with the status node A asked for.
-    let signal = format!("open = true\ndevice_key = \"{key}\"");
+    // A real device on node A, closed by a token (only the relay's own request is let in
+    // without one): node B lists it, with the status node A asked for.
+    let signal = format!("token = \"s3cret\"\ndevice_key = \"{key}\"");
     let mut dev = Device::start(
         "relay-status-redis",
         &device_config_signal(free_port(), a, free_port(), &signal, ""),
