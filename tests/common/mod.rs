@@ -2,6 +2,7 @@
 //! real RTSP clients (ffprobe, a GStreamer rtspsrc pipeline).
 #![allow(dead_code)]
 
+pub mod link;
 pub mod peers;
 pub mod recordings;
 pub mod vboard;
