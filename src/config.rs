@@ -562,6 +562,12 @@ pub struct UplinkConfig {
     pub user: String,
     pub password: String,
     pub queue_buffers: Ranged<1, 1000>,
+    /// Video the uplink may hold back before it drops whole GOPs (the picture's delay bound).
+    pub max_delay_ms: Ranged<100, 10_000>,
+    /// Follow the link: lower the encoder's bitrate when it narrows, raise it when it clears.
+    pub adaptive: bool,
+    /// The lowest bitrate the uplink may ask of the encoder it shares with the recording.
+    pub min_bitrate_kbps: Ranged<64, 100_000>,
     pub retry_max_seconds: Ranged<1, 600>,
     /// For rtsps://: PEM file of the authority that signed the server's certificate;
     /// empty: the system's certificates.
@@ -576,6 +582,9 @@ impl Default for UplinkConfig {
             user: String::new(),
             password: String::new(),
             queue_buffers: Ranged(60),
+            max_delay_ms: Ranged(1000),
+            adaptive: true,
+            min_bitrate_kbps: Ranged(500),
             retry_max_seconds: Ranged(10),
             tls_ca_file: String::new(),
         }

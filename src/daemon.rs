@@ -750,7 +750,14 @@ fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
     .context("cannot start the signalling thread")?;
     {
         let mut s = st.borrow_mut();
-        s.uplink = Some(Uplink::new(&cfg.uplink, cfg.device.id.as_str(), live_tx));
+        let mut uplink = Uplink::new(&cfg.uplink, cfg.device.id.as_str(), live_tx);
+        // The encoder it shares with the recording (none with an H.264 camera).
+        let encoder = s.pipeline.by_name("encoder").and_then(|e| {
+            let factory = e.factory()?.name().to_string();
+            crate::uplink::adapt::EncoderRate::new(e, s.profiles.encoder_rate(&factory))
+        });
+        uplink.set_encoder(encoder, cfg.encoder.bitrate_kbps.u32());
+        s.uplink = Some(uplink);
         s.bridge_tx = Some(bridge_tx);
         s.answer_tx = Some(answer_tx);
     }

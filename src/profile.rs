@@ -30,6 +30,10 @@ pub struct EncoderMapping {
     pub properties: Properties,
     #[serde(default)]
     pub low_latency: Properties,
+    /// Set while the encoder runs to change its bitrate (the uplink follows its link);
+    /// empty: the element cannot, and a narrow link costs whole GOPs instead.
+    #[serde(default)]
+    pub rate: Properties,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +197,14 @@ impl Profiles {
                 .replace("{keyframe_frames}", &cfg.keyframe_frames().to_string());
         }
         props
+    }
+
+    /// How to change `encoder`'s bitrate while it runs (placeholders left in).
+    pub fn encoder_rate(&self, encoder: &str) -> Properties {
+        self.encoders
+            .get(encoder)
+            .map(|m| m.rate.clone())
+            .unwrap_or_default()
     }
 
     pub fn encoder_input_format(&self, encoder: &str) -> &str {

@@ -1,6 +1,12 @@
 //! The uplink: a branch on the encoded tee pushing to the remote media server with
 //! rtspclientsink while viewers watch. Its failures stay its own: the branch is detached and
-//! retried, recording and the local RTSP server never notice.
+//! retried, recording and the local RTSP server never notice. While it runs it follows its
+//! link (`adapt`): the encoder's bitrate goes down when the link narrows, and the video it holds
+//! back is bounded in time.
+
+pub mod adapt;
+pub mod rate;
+pub mod tcp;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::branch::{self, Branch};
 use crate::config::UplinkConfig;
+use adapt::{Adapter, EncoderRate, LinkStats};
 
 /// A new, unguessable path id: 128 random bits, hex (URL-safe).
 pub fn random_path() -> Result<String> {
@@ -32,6 +39,11 @@ pub struct Uplink {
     /// flows straight through to the server, makes the uplink live.
     recording: Arc<AtomicBool>,
     live_tx: mpsc::Sender<u64>,
+    /// The shared encoder's bitrate, as configured and as the uplink may change it.
+    encoder: Option<EncoderRate>,
+    max_kbps: u32,
+    adapter: Option<Adapter>,
+    stats: Arc<LinkStats>,
 }
 
 impl Uplink {
@@ -46,7 +58,32 @@ impl Uplink {
             live: false,
             recording: Arc::new(AtomicBool::new(false)),
             live_tx,
+            encoder: None,
+            max_kbps: 0,
+            adapter: None,
+            stats: Arc::new(LinkStats::default()),
         }
+    }
+
+    /// The encoder the uplink shares with the recording, at `kbps` as configured; None (an
+    /// H.264 camera, or an encoder whose rate is fixed): the rate cannot follow the link.
+    pub fn set_encoder(&mut self, encoder: Option<EncoderRate>, kbps: u32) {
+        self.encoder = encoder;
+        self.max_kbps = kbps;
+    }
+
+    /// The link as last measured, while attached: bitrate asked of the encoder, what the link
+    /// carried (kbit/s), video waiting (ms), round trip (ms).
+    pub fn link(&self) -> Option<[u64; 4]> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.adapter.as_ref()?;
+        let s = &self.stats;
+        Some([
+            s.bitrate_kbps.load(Relaxed),
+            s.carried_kbps.load(Relaxed),
+            s.backlog_ms.load(Relaxed),
+            s.rtt_ms.load(Relaxed),
+        ])
     }
 
     pub fn is_attached(&self) -> bool {
@@ -87,11 +124,15 @@ impl Uplink {
         // rtspclientsink completes its change to PAUSED only after connecting: the bin keeps
         // that wait from taking the running pipeline out of PLAYING.
         bin.set_property("async-handling", true);
-        // Leaky: a slow or dead link drops old frames here, never holds up the encoder.
+        // Leaky: a slow or dead link drops old frames here, never holds up the encoder; bounded
+        // in time too, so the viewer's delay is (the drops' gate makes them whole GOPs).
         let queue = gst::ElementFactory::make("queue")
             .property("max-size-buffers", self.cfg.queue_buffers.u32())
             .property("max-size-bytes", 0u32)
-            .property("max-size-time", 0u64)
+            .property(
+                "max-size-time",
+                self.cfg.max_delay_ms.get() as u64 * 1_000_000,
+            )
             .property_from_str("leaky", "downstream")
             .build()?;
         let mut sink = gst::ElementFactory::make("rtspclientsink")
@@ -168,8 +209,27 @@ impl Uplink {
             gst::PadProbeReturn::Ok
         });
 
+        // Sockets to the server before this push connects are other pushes (playback).
+        let port = tcp::url_port(&location);
+        let before = port.map(adapt::sockets_to).unwrap_or_default();
         self.branch = Some(branch::attach(pipeline, tee, bin, true)?);
         log::info!("uplink: pushing to {location}");
+        self.adapter = match port {
+            Some(port) if self.cfg.adaptive && self.max_kbps > 0 => {
+                Some(adapt::start(adapt::Spec {
+                    limits: rate::Limits {
+                        max_kbps: self.max_kbps,
+                        min_kbps: self.cfg.min_bitrate_kbps.u32().min(self.max_kbps),
+                    },
+                    port,
+                    before,
+                    queue,
+                    encoder: self.encoder.clone(),
+                    stats: self.stats.clone(),
+                }))
+            }
+            _ => None,
+        };
         Ok(())
     }
 
@@ -210,6 +270,8 @@ impl Uplink {
     /// Stops pushing (last viewer gone, or an error). Main-loop thread.
     pub fn detach(&mut self, pipeline: &gst::Pipeline, tee: &gst::Element, end_session: bool) {
         self.live = false;
+        // Its thread puts the configured bitrate back.
+        self.adapter = None;
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(b) = self.branch.take() {
             branch::detach(pipeline, tee, b);

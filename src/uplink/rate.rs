@@ -1,0 +1,258 @@
+//! How fast the uplink may send: judged from what the link does with what it is given, the way
+//! field encoders on bonded 4G do (BELABOX's belacoder checks every 20 ms): down at once, and
+//! hard, when bytes pile up or the round trip grows; up slowly, a step at a time, once the link
+//! has stayed clear. Pure arithmetic on samples, so it can be tested without a network.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What the owner allows (config `[uplink]` and `[encoder]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The encoder's configured bitrate: never above it.
+    pub max_kbps: u32,
+    /// The floor: below it the shared encoder would spoil the recording; the uplink's queue
+    /// drops whole GOPs instead.
+    pub min_kbps: u32,
+}
+
+/// One look at the link, every `PERIOD`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Video waiting in the uplink's queue, before the socket.
+    pub queued_ms: u64,
+    /// Bytes in the socket not yet acknowledged.
+    pub outq_bytes: u32,
+    /// Smoothed round-trip time and the connection's lowest, µs (0: unknown).
+    pub rtt_us: u32,
+    pub min_rtt_us: u32,
+    /// Bytes acknowledged since the connection opened.
+    pub acked_bytes: u64,
+}
+
+pub const PERIOD: Duration = Duration::from_millis(100);
+/// Video waiting (queue and socket) beyond which the link is taken to be too narrow.
+const CONGESTED_MS: u64 = 300;
+/// Round-trip growth over the empty link's beyond which it is (a 4G cell's jitter is ±20 ms).
+const CONGESTED_RTT_MS: u64 = 200;
+/// Below both of these the link is clear.
+const CLEAR_MS: u64 = 100;
+const CLEAR_RTT_MS: u64 = 60;
+/// After a step down, the next one waits this long: the previous one must show first.
+const DOWN_EVERY: Duration = Duration::from_millis(600);
+/// The link must stay clear this long before each step up.
+const UP_AFTER: Duration = Duration::from_secs(2);
+/// What the link carried is measured over this window.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub struct Rate {
+    limits: Limits,
+    kbps: u32,
+    last_change: Option<Instant>,
+    clear_since: Option<Instant>,
+    acked: VecDeque<(Instant, u64)>,
+    /// The backlog at the last step down while congested.
+    last_backlog: Option<u64>,
+}
+
+impl Rate {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            kbps: limits.max_kbps,
+            last_change: None,
+            clear_since: None,
+            acked: VecDeque::new(),
+            last_backlog: None,
+        }
+    }
+
+    pub fn kbps(&self) -> u32 {
+        self.kbps
+    }
+
+    /// Video waiting, in ms: the queue's own, plus the socket's bytes at the rate the link
+    /// drains them (what it carried; before that is known, the current bitrate).
+    pub fn backlog_ms(&self, s: &Sample) -> u64 {
+        let drain = self
+            .carried_kbps()
+            .filter(|c| *c > 0)
+            .unwrap_or(self.kbps)
+            .max(1);
+        s.queued_ms + (s.outq_bytes as u64 * 8) / drain as u64
+    }
+
+    /// What the link carried over the last window, kbit/s (None until a window has passed).
+    pub fn carried_kbps(&self) -> Option<u32> {
+        let (t0, b0) = *self.acked.front()?;
+        let (t1, b1) = *self.acked.back()?;
+        let dt = t1.duration_since(t0);
+        if dt < THROUGHPUT_WINDOW / 2 {
+            return None;
+        }
+        Some(((b1.saturating_sub(b0) * 8) as f64 / dt.as_secs_f64() / 1000.0) as u32)
+    }
+
+    /// Takes a sample made at `now`; returns the new bitrate when it changes.
+    pub fn on_sample(&mut self, now: Instant, s: &Sample) -> Option<u32> {
+        if s.acked_bytes > 0 {
+            self.acked.push_back((now, s.acked_bytes));
+            while self
+                .acked
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > THROUGHPUT_WINDOW)
+            {
+                self.acked.pop_front();
+            }
+        }
+        let backlog = self.backlog_ms(s);
+        let rtt_growth_ms = if s.rtt_us > 0 && s.min_rtt_us > 0 {
+            s.rtt_us.saturating_sub(s.min_rtt_us) as u64 / 1000
+        } else {
+            0
+        };
+        let since_change = self.last_change.map(|t| now.duration_since(t));
+        if backlog > CONGESTED_MS || rtt_growth_ms > CONGESTED_RTT_MS {
+            self.clear_since = None;
+            // A backlog that drains after a step down needs no further one.
+            let draining = self.last_backlog.is_some_and(|b| backlog < b * 9 / 10);
+            if since_change.is_some_and(|d| d < DOWN_EVERY)
+                || self.kbps <= self.limits.min_kbps
+                || draining
+            {
+                if draining && since_change.is_some_and(|d| d >= DOWN_EVERY) {
+                    // Judged again against this backlog one step later.
+                    self.last_backlog = Some(backlog);
+                    self.last_change = Some(now);
+                }
+                return None;
+            }
+            self.last_backlog = Some(backlog);
+            // At most what the link carried (it is full, so that is its width), less a margin
+            // for the backlog to drain; and at least a quarter off.
+            let mut target = self.kbps * 3 / 4;
+            if let Some(carried) = self.carried_kbps().filter(|c| *c > 0) {
+                target = target.min(carried * 85 / 100);
+            }
+            return self.set(now, target.max(self.limits.min_kbps));
+        }
+        self.last_backlog = None;
+        if backlog < CLEAR_MS && rtt_growth_ms < CLEAR_RTT_MS {
+            let clear_since = *self.clear_since.get_or_insert(now);
+            let waited = now.duration_since(clear_since) >= UP_AFTER
+                && since_change.is_none_or(|d| d >= UP_AFTER);
+            if waited && self.kbps < self.limits.max_kbps {
+                // 8 % a step: from a weak link's rate back to 2.5 Mbit/s in about 30 s.
+                let target = (self.kbps + self.kbps / 12 + 10).min(self.limits.max_kbps);
+                return self.set(now, target);
+            }
+        } else {
+            self.clear_since = None;
+        }
+        None
+    }
+
+    fn set(&mut self, now: Instant, kbps: u32) -> Option<u32> {
+        self.last_change = Some(now);
+        if kbps == self.kbps {
+            return None;
+        }
+        self.kbps = kbps;
+        Some(kbps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_kbps: 2500,
+        min_kbps: 300,
+    };
+
+    /// A link of `link_kbps` fed at the rate's bitrate for `secs`: the backlog grows by what
+    /// does not fit, the acknowledged bytes by what does.
+    fn run(
+        rate: &mut Rate,
+        t: &mut Instant,
+        acked: &mut u64,
+        backlog_bits: &mut f64,
+        link_kbps: u32,
+        secs: f64,
+    ) -> Vec<u32> {
+        let mut changes = Vec::new();
+        let steps = (secs / PERIOD.as_secs_f64()) as usize;
+        for _ in 0..steps {
+            *t += PERIOD;
+            let dt = PERIOD.as_secs_f64();
+            *backlog_bits += rate.kbps() as f64 * 1000.0 * dt;
+            let sent = (link_kbps as f64 * 1000.0 * dt).min(*backlog_bits);
+            *backlog_bits -= sent;
+            *acked += (sent / 8.0) as u64;
+            let s = Sample {
+                queued_ms: 0,
+                outq_bytes: (*backlog_bits / 8.0) as u32,
+                rtt_us: 40_000,
+                min_rtt_us: 40_000,
+                acked_bytes: *acked,
+            };
+            if let Some(k) = rate.on_sample(*t, &s) {
+                changes.push(k);
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn a_narrowing_link_is_followed_down_within_seconds_and_back_up_slowly() {
+        let mut rate = Rate::new(LIMITS);
+        let (mut t, mut acked, mut backlog) = (Instant::now(), 0u64, 0f64);
+        assert!(run(&mut rate, &mut t, &mut acked, &mut backlog, 20_000, 5.0).is_empty());
+        assert_eq!(rate.kbps(), 2500);
+        // The link narrows to 800 kbit/s: below it within 3 s.
+        let mut took = None;
+        for i in 1..=30 {
+            run(&mut rate, &mut t, &mut acked, &mut backlog, 800, 0.1);
+            if rate.kbps() < 800 {
+                took = Some(i as f64 / 10.0);
+                break;
+            }
+        }
+        let took = took.unwrap_or_else(|| panic!("still at {} kbit/s after 3 s", rate.kbps()));
+        assert!(took <= 3.0, "{took}");
+        // It stays under the link and the backlog drains.
+        run(&mut rate, &mut t, &mut acked, &mut backlog, 800, 10.0);
+        assert!(rate.kbps() <= 800 && rate.kbps() >= 400, "{}", rate.kbps());
+        assert!(backlog / 800.0 < 200.0, "backlog {} ms", backlog / 800.0);
+        // The link recovers: the rate climbs, a step at a time, not at once.
+        let ups = run(&mut rate, &mut t, &mut acked, &mut backlog, 20_000, 6.0);
+        assert!(!ups.is_empty() && rate.kbps() < 1500, "{ups:?}");
+        run(&mut rate, &mut t, &mut acked, &mut backlog, 20_000, 40.0);
+        assert_eq!(rate.kbps(), 2500);
+    }
+
+    #[test]
+    fn never_below_the_floor_the_owner_set() {
+        let mut rate = Rate::new(LIMITS);
+        let (mut t, mut acked, mut backlog) = (Instant::now(), 0u64, 0f64);
+        run(&mut rate, &mut t, &mut acked, &mut backlog, 100, 20.0);
+        assert_eq!(rate.kbps(), 300);
+    }
+
+    #[test]
+    fn a_growing_round_trip_alone_steps_down() {
+        let mut rate = Rate::new(LIMITS);
+        let t = Instant::now();
+        let s = Sample {
+            rtt_us: 400_000,
+            min_rtt_us: 60_000,
+            ..Default::default()
+        };
+        assert_eq!(rate.on_sample(t, &s), Some(1875));
+        // Not again before the first step can show.
+        assert_eq!(rate.on_sample(t + PERIOD, &s), None);
+        assert_eq!(rate.on_sample(t + DOWN_EVERY, &s), Some(1406));
+    }
+}
