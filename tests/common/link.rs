@@ -21,7 +21,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 pub struct Link {
     child: Child,
-    stdin: Option<ChildStdin>,
+    stdin: Mutex<Option<ChildStdin>>,
     pub dev_ns: String,
     pub srv_ns: String,
     /// When the emulator's clock started (its timeline's t=0), as near as the test can tell.
@@ -111,7 +111,7 @@ impl Link {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn link_emulator");
-        let stdin = child.stdin.take();
+        let stdin = Mutex::new(child.stdin.take());
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -175,8 +175,9 @@ impl Link {
     }
 
     /// Switches the model now to a profile or timeline (`weak`, `4g:10,down:5,4g`, `narrowing`).
-    pub fn set_timeline(&mut self, spec: &str) {
-        let stdin = self.stdin.as_mut().expect("emulator stdin");
+    pub fn set_timeline(&self, spec: &str) {
+        let mut stdin = self.stdin.lock().unwrap();
+        let stdin = stdin.as_mut().expect("emulator stdin");
         writeln!(stdin, "timeline {spec}").expect("write to the link emulator");
         stdin.flush().unwrap();
     }
@@ -196,7 +197,7 @@ fn exec_in(ns: &str, program: &str) -> Command {
 impl Drop for Link {
     fn drop(&mut self) {
         // Closing its stdin ends the emulator (--exit-on-stdin-eof); it removes the namespaces.
-        drop(self.stdin.take());
+        drop(self.stdin.lock().unwrap().take());
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.child.try_wait() {
