@@ -112,8 +112,9 @@ fn run(spec: Spec, stop: &AtomicBool) {
     } = spec;
     let mut rate = Rate::new(limits);
     let mut socket: Option<(u64, i32)> = None;
-    // A quarter second at the full bitrate, at least 32 kB (the kernel doubles it).
-    let send_buffer = (limits.max_kbps * 1000 / 8 / 4).max(32 * 1024);
+    // A quarter second at the bitrate, at least 16 kB (the kernel doubles it): what sits there
+    // when the link goes away is played out late when it comes back.
+    let send_buffer = |kbps: u32| (kbps * 1000 / 8 / 4).max(16 * 1024);
     let mut last_log = Instant::now() - Duration::from_secs(60);
     stats
         .bitrate_kbps
@@ -123,7 +124,7 @@ fn run(spec: Spec, stop: &AtomicBool) {
         if socket.is_none() {
             socket = tcp::find_new(port, &before);
             if let Some((_, fd)) = socket {
-                if !tcp::cap_send_buffer(fd, send_buffer) {
+                if !tcp::cap_send_buffer(fd, send_buffer(rate.kbps())) {
                     log::debug!("uplink: cannot cap the socket's send buffer");
                 }
             }
@@ -137,7 +138,7 @@ fn run(spec: Spec, stop: &AtomicBool) {
         let queued_ns: u64 = queue.property("current-level-time");
         let s = rate::Sample {
             queued_ms: queued_ns / 1_000_000,
-            outq_bytes: t.outq_bytes,
+            unsent_bytes: t.notsent_bytes,
             rtt_us: t.rtt_us,
             min_rtt_us: t.min_rtt_us,
             acked_bytes: t.acked_bytes,
@@ -156,6 +157,7 @@ fn run(spec: Spec, stop: &AtomicBool) {
             if let Some(e) = &encoder {
                 e.set(kbps);
             }
+            tcp::cap_send_buffer(fd, send_buffer(kbps));
             // Steps come every few hundred ms on a changing link: one line in a while.
             if now.duration_since(last_log) >= Duration::from_secs(5) || kbps == limits.max_kbps {
                 last_log = now;

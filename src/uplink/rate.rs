@@ -21,8 +21,8 @@ pub struct Limits {
 pub struct Sample {
     /// Video waiting in the uplink's queue, before the socket.
     pub queued_ms: u64,
-    /// Bytes in the socket not yet acknowledged.
-    pub outq_bytes: u32,
+    /// Bytes in the socket not sent yet.
+    pub unsent_bytes: u32,
     /// Smoothed round-trip time and the connection's lowest, µs (0: unknown).
     pub rtt_us: u32,
     pub min_rtt_us: u32,
@@ -40,8 +40,15 @@ const CLEAR_MS: u64 = 100;
 const CLEAR_RTT_MS: u64 = 60;
 /// After a step down, the next one waits this long: the previous one must show first.
 const DOWN_EVERY: Duration = Duration::from_millis(600);
-/// The link must stay clear this long before each step up.
+/// The link must stay clear this long before it is stepped up, then a step every `UP_EVERY`.
 const UP_AFTER: Duration = Duration::from_secs(2);
+const UP_EVERY: Duration = Duration::from_secs(1);
+/// No step down in a connection's first seconds (the bounded queue covers them).
+const WARM_UP: Duration = Duration::from_secs(2);
+/// The empty link's round trip is the least seen over this last while.
+const BASE_RTT_OVER: Duration = Duration::from_secs(10);
+/// The link is judged on the samples of this last while.
+const JUDGED_OVER: Duration = Duration::from_secs(1);
 /// What the link carried is measured over this window.
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(2);
 
@@ -54,6 +61,13 @@ pub struct Rate {
     acked: VecDeque<(Instant, u64)>,
     /// The backlog at the last step down while congested.
     last_backlog: Option<u64>,
+    /// (time, backlog ms, round-trip growth ms) over the last second: a keyframe is a burst
+    /// that a clear link drains within a few hundred ms, a narrow one does not.
+    recent: VecDeque<(Instant, u64, u64)>,
+    /// Round trips (µs) of the last `BASE_RTT_OVER`.
+    rtts: VecDeque<(Instant, u32)>,
+    /// The first sample.
+    started: Option<Instant>,
 }
 
 impl Rate {
@@ -65,6 +79,9 @@ impl Rate {
             clear_since: None,
             acked: VecDeque::new(),
             last_backlog: None,
+            recent: VecDeque::new(),
+            rtts: VecDeque::new(),
+            started: None,
         }
     }
 
@@ -80,7 +97,7 @@ impl Rate {
             .filter(|c| *c > 0)
             .unwrap_or(self.kbps)
             .max(1);
-        s.queued_ms + (s.outq_bytes as u64 * 8) / drain as u64
+        s.queued_ms + (s.unsent_bytes as u64 * 8) / drain as u64
     }
 
     /// What the link carried over the last window, kbit/s (None until a window has passed).
@@ -107,13 +124,58 @@ impl Rate {
             }
         }
         let backlog = self.backlog_ms(s);
-        let rtt_growth_ms = if s.rtt_us > 0 && s.min_rtt_us > 0 {
-            s.rtt_us.saturating_sub(s.min_rtt_us) as u64 / 1000
+        // The empty link's round trip: the least of the last few seconds, not the
+        // connection's all-time least (which the kernel keeps for minutes), since a mobile
+        // link's own delay changes (another cell, another radio mode) and a longer path is not
+        // a fuller one. Sending below the link's width empties its queue within that while.
+        if s.rtt_us > 0 {
+            self.rtts.push_back((now, s.rtt_us));
+            while self
+                .rtts
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > BASE_RTT_OVER)
+            {
+                self.rtts.pop_front();
+            }
+        }
+        let base_rtt_us = self
+            .rtts
+            .iter()
+            .map(|r| r.1)
+            .min()
+            .unwrap_or(0)
+            .max(s.min_rtt_us);
+        let rtt_growth_ms = if s.rtt_us > 0 && base_rtt_us > 0 {
+            s.rtt_us.saturating_sub(base_rtt_us) as u64 / 1000
         } else {
             0
         };
         let since_change = self.last_change.map(|t| now.duration_since(t));
-        if backlog > CONGESTED_MS || rtt_growth_ms > CONGESTED_RTT_MS {
+        self.recent.push_back((now, backlog, rtt_growth_ms));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > JUDGED_OVER)
+        {
+            self.recent.pop_front();
+        }
+        // Congested: the backlog or the round trip stayed high for the last half second (the
+        // least of those samples is high). Clear: most of the last second was low.
+        let lately = self
+            .recent
+            .iter()
+            .filter(|(t, _, _)| now.duration_since(*t) <= JUDGED_OVER / 2);
+        let (least_backlog, least_growth) =
+            lately.fold((u64::MAX, u64::MAX), |(b, g), s| (b.min(s.1), g.min(s.2)));
+        let mut backlogs: Vec<u64> = self.recent.iter().map(|s| s.1).collect();
+        let mut growths: Vec<u64> = self.recent.iter().map(|s| s.2).collect();
+        backlogs.sort_unstable();
+        growths.sort_unstable();
+        let typical_backlog = backlogs[backlogs.len() / 2];
+        let typical_growth = growths[growths.len() / 2];
+        // A new connection is in slow start: what it carries is not yet the link's width.
+        let warming = now.duration_since(*self.started.get_or_insert(now)) < WARM_UP;
+        if !warming && (least_backlog > CONGESTED_MS || least_growth > CONGESTED_RTT_MS) {
             self.clear_since = None;
             // A backlog that drains after a step down needs no further one.
             let draining = self.last_backlog.is_some_and(|b| backlog < b * 9 / 10);
@@ -130,20 +192,20 @@ impl Rate {
             }
             self.last_backlog = Some(backlog);
             // At most what the link carried (it is full, so that is its width), less a margin
-            // for the backlog to drain; and at least a quarter off.
+            // for the backlog to drain; at least a quarter off, at most half.
             let mut target = self.kbps * 3 / 4;
             if let Some(carried) = self.carried_kbps().filter(|c| *c > 0) {
-                target = target.min(carried * 85 / 100);
+                target = target.min(carried * 85 / 100).max(self.kbps / 2);
             }
             return self.set(now, target.max(self.limits.min_kbps));
         }
         self.last_backlog = None;
-        if backlog < CLEAR_MS && rtt_growth_ms < CLEAR_RTT_MS {
+        if typical_backlog < CLEAR_MS && typical_growth < CLEAR_RTT_MS {
             let clear_since = *self.clear_since.get_or_insert(now);
             let waited = now.duration_since(clear_since) >= UP_AFTER
-                && since_change.is_none_or(|d| d >= UP_AFTER);
+                && since_change.is_none_or(|d| d >= UP_EVERY);
             if waited && self.kbps < self.limits.max_kbps {
-                // 8 % a step: from a weak link's rate back to 2.5 Mbit/s in about 30 s.
+                // 8 % a step: from a weak link's rate back to 2.5 Mbit/s in about 20 s.
                 let target = (self.kbps + self.kbps / 12 + 10).min(self.limits.max_kbps);
                 return self.set(now, target);
             }
@@ -193,7 +255,7 @@ mod tests {
             *acked += (sent / 8.0) as u64;
             let s = Sample {
                 queued_ms: 0,
-                outq_bytes: (*backlog_bits / 8.0) as u32,
+                unsent_bytes: (*backlog_bits / 8.0) as u32,
                 rtt_us: 40_000,
                 min_rtt_us: 40_000,
                 acked_bytes: *acked,
@@ -244,15 +306,47 @@ mod tests {
     #[test]
     fn a_growing_round_trip_alone_steps_down() {
         let mut rate = Rate::new(LIMITS);
-        let t = Instant::now();
-        let s = Sample {
-            rtt_us: 400_000,
+        let mut t = Instant::now();
+        let at = |rtt_ms: u32| Sample {
+            rtt_us: rtt_ms * 1000,
             min_rtt_us: 60_000,
             ..Default::default()
         };
-        assert_eq!(rate.on_sample(t, &s), Some(1875));
-        // Not again before the first step can show.
-        assert_eq!(rate.on_sample(t + PERIOD, &s), None);
-        assert_eq!(rate.on_sample(t + DOWN_EVERY, &s), Some(1406));
+        for _ in 0..20 {
+            t += PERIOD;
+            assert_eq!(rate.on_sample(t, &at(60)), None);
+        }
+        // Queueing somewhere on the path: down once it has lasted half a second.
+        let mut steps = Vec::new();
+        for _ in 0..12 {
+            t += PERIOD;
+            steps.extend(rate.on_sample(t, &at(400)));
+        }
+        assert_eq!(
+            steps,
+            vec![1875, 1406],
+            "one step, and the next one only after {DOWN_EVERY:?}"
+        );
+    }
+
+    #[test]
+    fn a_longer_path_is_not_taken_for_a_fuller_one() {
+        // The link's own delay goes from 40 to 240 ms (a weak cell) and stays: after a few
+        // seconds that is the empty link's round trip, and the rate climbs again.
+        let mut rate = Rate::new(LIMITS);
+        let mut t = Instant::now();
+        for i in 0..400 {
+            t += PERIOD;
+            let rtt_ms = if i < 20 { 40 } else { 240 };
+            rate.on_sample(
+                t,
+                &Sample {
+                    rtt_us: rtt_ms * 1000,
+                    min_rtt_us: 40_000,
+                    ..Default::default()
+                },
+            );
+        }
+        assert_eq!(rate.kbps(), LIMITS.max_kbps);
     }
 }

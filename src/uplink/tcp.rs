@@ -18,6 +18,8 @@ pub struct Sample {
     pub min_rtt_us: u32,
     /// Bytes written but not yet acknowledged by the peer (sent or not).
     pub outq_bytes: u32,
+    /// Of those, bytes not sent yet (the congestion window is full): waiting, not in flight.
+    pub notsent_bytes: u32,
     /// Bytes the peer has acknowledged since the connection opened.
     pub acked_bytes: u64,
 }
@@ -98,6 +100,7 @@ pub fn sample(fd: RawFd) -> Option<Sample> {
         rtt_us: info.rtt,
         min_rtt_us: info.min_rtt,
         outq_bytes: outq.max(0) as u32,
+        notsent_bytes: info.notsent_bytes,
         acked_bytes: info.bytes_acked,
     })
 }

@@ -77,6 +77,35 @@ impl Device {
     }
 
     pub fn start_env(tag: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Device {
+        Self::start_cmd(tag, config, args, env, Command::new(BIN))
+    }
+
+    /// As `start_env`, run by `cmd` (the daemon's binary, or a wrapper that runs it, such as
+    /// `ip netns exec <ns> <binary>`); the RTSP server is not waited for (it may listen in
+    /// another network namespace): wait for a log line instead.
+    pub fn start_in(tag: &str, config: &str, cmd: Command) -> Device {
+        Self::spawn(tag, config, &[], &[], cmd)
+    }
+
+    fn start_cmd(
+        tag: &str,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cmd: Command,
+    ) -> Device {
+        let d = Self::spawn(tag, config, args, env, cmd);
+        d.wait_log("RTSP server ready", Duration::from_secs(20));
+        d
+    }
+
+    fn spawn(
+        tag: &str,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mut cmd: Command,
+    ) -> Device {
         let dir = temp_dir(tag);
         let cfg = dir.join("camstream.toml");
         std::fs::write(&cfg, config).unwrap();
@@ -85,7 +114,7 @@ impl Device {
             .find_map(|l| l.trim().strip_prefix("port = "))
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or(8554);
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .arg("run")
             .arg("--config")
             .arg(&cfg)
@@ -104,14 +133,12 @@ impl Device {
                 l.lock().unwrap().push(line);
             }
         });
-        let d = Device {
+        Device {
             child,
             log,
             dir,
             port,
-        };
-        d.wait_log("RTSP server ready", Duration::from_secs(20));
-        d
+        }
     }
 
     pub fn url(&self) -> String {
