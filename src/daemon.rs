@@ -616,6 +616,7 @@ fn current_status(s: &State) -> status::Status {
         recording_attached: s.recorder.as_ref().is_some_and(|r| r.is_attached()),
         uplink_attached: s.uplink.as_ref().is_some_and(|u| u.is_attached()),
         uplink_live: s.uplink.as_ref().is_some_and(|u| u.live_path().is_some()),
+        uplink_link: s.uplink.as_ref().and_then(|u| u.link()),
         viewers: watchers(s).count(),
         rtsp: s.rtsp.as_ref().map(|r| r.sessions()),
     })

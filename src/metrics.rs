@@ -447,6 +447,32 @@ pub fn render(s: &Status) -> String {
         "1 while the media server takes the stream and viewers have been told where to play.",
         flag(s.uplink.live),
     );
+    if let Some(l) = &s.uplink.link {
+        m.one(
+            "camstream_uplink_bitrate_kbps",
+            "gauge",
+            "Bitrate the uplink asks of the encoder now (it follows the link).",
+            l.bitrate_kbps,
+        );
+        m.one(
+            "camstream_uplink_carried_kbps",
+            "gauge",
+            "What the uplink's link carried over the last 2 s.",
+            l.carried_kbps,
+        );
+        m.one(
+            "camstream_uplink_backlog_ms",
+            "gauge",
+            "Video waiting to be sent on the uplink.",
+            l.backlog_ms,
+        );
+        m.one(
+            "camstream_uplink_rtt_ms",
+            "gauge",
+            "Round-trip time of the uplink's TCP connection.",
+            l.rtt_ms,
+        );
+    }
     m.one(
         "camstream_viewers",
         "gauge",

@@ -169,6 +169,20 @@ pub struct UplinkState {
     pub live: bool,
     /// Viewers whose lease runs.
     pub viewers: usize,
+    /// While attached, the link as the uplink last measured it (`uplink::adapt`).
+    pub link: Option<LinkState>,
+}
+
+/// The uplink's link, measured every 100 ms on its TCP connection.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkState {
+    /// The bitrate asked of the encoder now.
+    pub bitrate_kbps: u64,
+    /// What the link carried over the last 2 s.
+    pub carried_kbps: u64,
+    /// Video waiting to be sent (the uplink's queue and the socket's unsent bytes).
+    pub backlog_ms: u64,
+    pub rtt_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -188,6 +202,8 @@ pub struct Parts<'a> {
     pub recording_attached: bool,
     pub uplink_attached: bool,
     pub uplink_live: bool,
+    /// `Uplink::link`: bitrate, carried, backlog, round trip.
+    pub uplink_link: Option<[u64; 4]>,
     pub viewers: usize,
     /// (sessions, connected clients) of the RTSP server, when it runs.
     pub rtsp: Option<(u32, usize)>,
@@ -313,6 +329,12 @@ impl Reporter {
                 attached: p.uplink_attached,
                 live: p.uplink_live,
                 viewers: p.viewers,
+                link: p.uplink_link.map(|[b, c, q, r]| LinkState {
+                    bitrate_kbps: b,
+                    carried_kbps: c,
+                    backlog_ms: q,
+                    rtt_ms: r,
+                }),
             },
             rtsp: RtspState {
                 enabled: cfg.rtsp.enabled,

@@ -179,7 +179,9 @@ min_bitrate_kbps = 300
     c.arg(node_dir().join("viewer.js"))
         .arg(format!("http://{SRV_ADDR}:{RELAY_PORT}"))
         .arg("test01")
-        .arg("5000");
+        .arg("5000")
+        // The device's own account of its link, every 2 s.
+        .args(["--status", "2000"]);
     let viewer = Peer::spawn(c);
     let (_, line) = viewer
         .wait_for("\"bridge\"", Duration::from_secs(30))
@@ -330,6 +332,22 @@ fn a_narrowing_link_keeps_a_watchable_picture_with_a_bounded_delay() {
     assert!(
         kbps(end) > kbps(&weak) * 2.0,
         "the rate did not come back up with the link:\n{text}"
+    );
+    // The device's status said what it did: the bitrate it asked of the encoder went down
+    // with the link and back up.
+    let asked: Vec<u64> = rig
+        .viewer
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["status"]["uplink"]["link"]["bitrate_kbps"].as_u64())
+        .collect();
+    eprintln!("status: bitrate asked of the encoder {asked:?}");
+    assert!(
+        asked.iter().any(|k| *k <= 800) && asked.last().is_some_and(|k| *k > 800),
+        "status did not show the bitrate following the link: {asked:?}"
     );
     let report = rig.recording_whole();
     eprintln!("{report}");

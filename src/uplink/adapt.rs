@@ -65,6 +65,8 @@ pub struct Spec {
     pub before: BTreeSet<u64>,
     /// The uplink's queue, whose fill in time is video not yet handed to the socket.
     pub queue: gst::Element,
+    /// None: the rate stays (not adaptive, or the encoder's rate is fixed); the link is still
+    /// measured and the socket bounded.
     pub encoder: Option<EncoderRate>,
     pub stats: Arc<LinkStats>,
 }
@@ -162,9 +164,8 @@ fn run(spec: Spec, stop: &AtomicBool) {
             if now.duration_since(last_log) >= Duration::from_secs(5) || kbps == limits.max_kbps {
                 last_log = now;
                 log::info!(
-                    "uplink: link carries {carried} kbit/s, {backlog} ms waiting, round trip {} ms: bitrate {kbps} kbit/s{}",
-                    t.rtt_us / 1000,
-                    if encoder.is_none() { " (the encoder's rate is fixed: whole GOPs are dropped instead)" } else { "" }
+                    "uplink: link carries {carried} kbit/s, {backlog} ms waiting, round trip {} ms: bitrate {kbps} kbit/s",
+                    t.rtt_us / 1000
                 );
             }
         }

@@ -214,20 +214,24 @@ impl Uplink {
         let before = port.map(adapt::sockets_to).unwrap_or_default();
         self.branch = Some(branch::attach(pipeline, tee, bin, true)?);
         log::info!("uplink: pushing to {location}");
+        // Not adaptive (or a fixed rate): the link is still measured and the socket bounded.
+        let follow = self.cfg.adaptive && self.encoder.is_some();
         self.adapter = match port {
-            Some(port) if self.cfg.adaptive && self.max_kbps > 0 => {
-                Some(adapt::start(adapt::Spec {
-                    limits: rate::Limits {
-                        max_kbps: self.max_kbps,
-                        min_kbps: self.cfg.min_bitrate_kbps.u32().min(self.max_kbps),
+            Some(port) if self.max_kbps > 0 => Some(adapt::start(adapt::Spec {
+                limits: rate::Limits {
+                    max_kbps: self.max_kbps,
+                    min_kbps: if follow {
+                        self.cfg.min_bitrate_kbps.u32().min(self.max_kbps)
+                    } else {
+                        self.max_kbps
                     },
-                    port,
-                    before,
-                    queue,
-                    encoder: self.encoder.clone(),
-                    stats: self.stats.clone(),
-                }))
-            }
+                },
+                port,
+                before,
+                queue,
+                encoder: self.encoder.clone().filter(|_| follow),
+                stats: self.stats.clone(),
+            })),
             _ => None,
         };
         Ok(())
