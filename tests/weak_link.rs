@@ -114,6 +114,11 @@ fn rig(tag: &str, profile: &str, uplink_extra: &str) -> Option<Rig> {
     let link = Link::start(profile);
     let mut c = link.exec_in_srv(&camstream_signal_bin().to_string_lossy());
     c.arg("--listen").arg(format!("{SRV_ADDR}:{RELAY_PORT}"));
+    // The web viewer, for the browser test.
+    let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    if web.join("index.html").exists() {
+        c.arg("--static-dir").arg(web);
+    }
     let relay = Peer::spawn(c);
     assert!(relay
         .wait_for("camstream-signal listening", Duration::from_secs(10))
@@ -408,4 +413,70 @@ fn after_an_outage_the_uplink_comes_back_on_the_same_path() {
     eprintln!("picture back {back} s after the link, then {d:.0} ms delay");
     let report = rig.recording_whole();
     eprintln!("{report}");
+}
+
+/// The web viewer through a 10 s outage of the device's link: its player stalls and plays on
+/// by itself when the link is back, in the same page (no reload).
+#[test]
+fn the_web_viewer_plays_on_after_an_outage_without_a_reload() {
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        eprintln!("SKIPPED: no /usr/bin/chromium");
+        return;
+    }
+    if !PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("web/dist/index.html")
+        .exists()
+    {
+        eprintln!("SKIPPED: the web viewer is not built (npm --prefix web run build)");
+        return;
+    }
+    let Some(rig) = rig("weak-web", "4g", "") else {
+        return;
+    };
+    let mut c = rig.link.exec_in_srv("node");
+    c.arg(node_dir().join("web_outage.js")).arg(format!(
+        "http://{SRV_ADDR}:{RELAY_PORT}/index.html?device=test01&media=http://{SRV_ADDR}:8080&heartbeat=5000"
+    ));
+    let browser = Peer::spawn(c);
+    let step = |name: &str, secs: u64| {
+        browser
+            .wait_for(&format!("STEP {name}"), Duration::from_secs(secs))
+            .or_else(|| browser.wait_for("FAILED", Duration::from_millis(10)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no step {name}: {:?}\n{}",
+                    browser.lines.lock().unwrap(),
+                    rig.dev.log_text()
+                )
+            })
+            .1
+    };
+    let live = step("live", 90);
+    assert!(live.starts_with("STEP live"), "{live}");
+    std::thread::sleep(Duration::from_secs(5));
+    let cut = Instant::now();
+    rig.link.set_timeline("down:10,4g");
+    let stalled = step("stalled", 60);
+    assert!(stalled.starts_with("STEP stalled"), "{stalled}");
+    let resumed = step("resumed", 120);
+    eprintln!(
+        "{stalled} / {resumed}, {:.1} s after the link was cut",
+        cut.elapsed().as_secs_f64()
+    );
+    assert!(
+        resumed.starts_with("STEP resumed"),
+        "{resumed}\n{}",
+        rig.dev.log_text()
+    );
+    // One path all along: the page was never told to play another.
+    let paths: Vec<String> = rig
+        .viewer
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| l.contains("\"bridge\""))
+        .map(|(_, l)| bridge_path(l))
+        .collect();
+    assert!(paths.iter().all(|p| *p == rig.path), "{paths:?}");
 }
