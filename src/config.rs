@@ -412,6 +412,15 @@ impl Default for EncoderConfig {
     }
 }
 
+/// `uplink.encode`: where the uplink's H.264 comes from (see `profile::UplinkEncode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkEncodeChoice {
+    Auto,
+    Shared,
+    Own,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RtspTransport {
@@ -568,6 +577,8 @@ pub struct UplinkConfig {
     pub adaptive: bool,
     /// The lowest bitrate the uplink may ask of the encoder it shares with the recording.
     pub min_bitrate_kbps: Ranged<64, 100_000>,
+    /// "auto" (the board profile's choice), "shared" or "own".
+    pub encode: UplinkEncodeChoice,
     pub retry_max_seconds: Ranged<1, 600>,
     /// For rtsps://: PEM file of the authority that signed the server's certificate;
     /// empty: the system's certificates.
@@ -585,6 +596,7 @@ impl Default for UplinkConfig {
             max_delay_ms: Ranged(1000),
             adaptive: true,
             min_bitrate_kbps: Ranged(500),
+            encode: UplinkEncodeChoice::Auto,
             retry_max_seconds: Ranged(10),
             tls_ca_file: String::new(),
         }

@@ -734,6 +734,38 @@ fn check_lease(st: &Shared) {
     }
 }
 
+/// Where the uplink's video comes from: the encoder it shares with the recording (none with
+/// an H.264 camera), or one of its own on the raw tee, as the owner or the board chose.
+fn uplink_source(cfg: &Config, s: &State) -> Result<crate::uplink::Source> {
+    use crate::config::UplinkEncodeChoice;
+    use crate::profile::UplinkEncode;
+    let own = match cfg.uplink.encode {
+        UplinkEncodeChoice::Own => true,
+        UplinkEncodeChoice::Shared => false,
+        UplinkEncodeChoice::Auto => s.profiles.board.uplink_encode == UplinkEncode::Own,
+    };
+    if !own {
+        let encoder = s.pipeline.by_name("encoder").and_then(|e| {
+            let factory = e.factory()?.name().to_string();
+            crate::uplink::adapt::EncoderRate::new(e, s.profiles.encoder_rate(&factory))
+        });
+        return Ok(crate::uplink::Source::Shared(encoder));
+    }
+    let plan = plan::plan_encoder(cfg, &s.profiles).context("the uplink's own encoder")?;
+    log::info!("uplink: an encoder of its own ({})", plan.element);
+    Ok(crate::uplink::Source::Own {
+        raw_tee: s.raw_tee.clone(),
+        description: plan
+            .description
+            .replace("name=encqueue", "name=uplinkencqueue")
+            .replace("name=encoder", "name=uplinkenc"),
+        rate: s.profiles.encoder_rate(&plan.element),
+        keyframe_interval: gst::ClockTime::from_mseconds(
+            cfg.encoder.keyframe_interval_ms.get() as u64
+        ),
+    })
+}
+
 /// Wires the signalling thread and the uplink into the main loop.
 fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
     use tokio::sync::mpsc;
@@ -752,12 +784,7 @@ fn start_remote_viewing(st: &Shared, cfg: &Config) -> Result<()> {
     {
         let mut s = st.borrow_mut();
         let mut uplink = Uplink::new(&cfg.uplink, cfg.device.id.as_str(), live_tx);
-        // The encoder it shares with the recording (none with an H.264 camera).
-        let encoder = s.pipeline.by_name("encoder").and_then(|e| {
-            let factory = e.factory()?.name().to_string();
-            crate::uplink::adapt::EncoderRate::new(e, s.profiles.encoder_rate(&factory))
-        });
-        uplink.set_encoder(encoder, cfg.encoder.bitrate_kbps.u32());
+        uplink.set_source(uplink_source(cfg, &s)?, cfg.encoder.bitrate_kbps.u32());
         s.uplink = Some(uplink);
         s.bridge_tx = Some(bridge_tx);
         s.answer_tx = Some(answer_tx);

@@ -54,6 +54,23 @@ pub struct BoardProfile {
     /// Per-encoder properties that replace or extend `encoders.toml` on this board.
     #[serde(default)]
     pub encoder_properties: BTreeMap<String, Properties>,
+    /// Where the uplink's H.264 comes from on this board (`uplink.encode = "auto"`).
+    #[serde(default)]
+    pub uplink_encode: UplinkEncode,
+}
+
+/// The uplink's encoding: the one the recording uses, or one of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkEncode {
+    /// The encoded tee: one encode for everything; a narrow link lowers the recording's
+    /// bitrate too (down to `uplink.min_bitrate_kbps`), then costs the uplink whole GOPs.
+    #[default]
+    Shared,
+    /// A second encoder on the raw tee for the uplink alone: the recording keeps its quality
+    /// whatever the link; below the floor the uplink's frame rate goes down instead. Costs a
+    /// second encode (x264 at 720p30: about as much CPU again).
+    Own,
 }
 
 /// How the picture is made to fit the screen.

@@ -168,10 +168,15 @@ open = true
 [uplink]
 url = "rtsp://{SRV_ADDR}:{PUSH_PORT}/channel/{{path}}"
 retry_max_seconds = 2
-min_bitrate_kbps = 300
+{floor}
 {uplink_extra}
 "#,
-        rec = rec.display()
+        rec = rec.display(),
+        floor = if uplink_extra.contains("min_bitrate_kbps") {
+            ""
+        } else {
+            "min_bitrate_kbps = 300"
+        }
     );
     let dev = Device::start_in(
         tag,
@@ -218,7 +223,7 @@ impl Rig {
     }
 
     /// Stops the device and checks the card: every frame captured is in the files, one frame
-    /// interval apart, at least at the owner's floor.
+    /// interval apart; one line per file with its frames, holes and bitrate.
     fn recording_whole(mut self) -> String {
         let pid = self.dev.pid();
         let _ = Command::new("kill")
@@ -479,4 +484,78 @@ fn the_web_viewer_plays_on_after_an_outage_without_a_reload() {
         .map(|(_, l)| bridge_path(l))
         .collect();
     assert!(paths.iter().all(|p| *p == rig.path), "{paths:?}");
+}
+
+/// With an encoder of its own (`uplink.encode = "own"`), the recording keeps its configured
+/// quality whatever the link; the uplink goes down to its floor, then lowers its frame rate,
+/// with a bounded delay and no decoder error, and gets it back when the link does.
+#[test]
+fn with_an_encoder_of_its_own_the_recording_keeps_its_quality_and_the_uplink_its_delay() {
+    // A floor above what the weak link carries: the frame rate has to give.
+    let Some(rig) = rig(
+        "weak-own",
+        "good",
+        "encode = \"own\"\nmin_bitrate_kbps = 1000",
+    ) else {
+        return;
+    };
+    let watch = rig.watch(70);
+    assert!(
+        watch
+            .wait_for("\"frames\"", Duration::from_secs(20))
+            .is_some(),
+        "the reader got nothing"
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let weak_at = seconds(&watch).last().map(|s| s.t).unwrap_or(0);
+    rig.link.set_timeline("weak:25,good");
+    std::thread::sleep(Duration::from_secs(58));
+    let all = seconds(&watch);
+    let text = describe(&all);
+    eprintln!("{text}");
+    let weak = window(&all, weak_at + 8, weak_at + 25);
+    let end = window(&all, weak_at + 45, weak_at + 60);
+    let fps = |w: &[Second]| median(w.iter().map(|s| s.frames as f64).collect());
+    let delay = |w: &[Second]| median(w.iter().filter_map(|s| s.delay_ms).collect());
+    eprintln!(
+        "weak: {:.0} fps {:.0} ms; end: {:.0} fps {:.0} ms",
+        fps(&weak),
+        delay(&weak),
+        fps(&end),
+        delay(&end)
+    );
+    assert!(
+        (4.0..=20.0).contains(&fps(&weak)),
+        "on the weak link below the floor the frame rate should have gone down:\n{text}\n{}",
+        rig.dev.log_text()
+    );
+    assert!(delay(&weak) < 1500.0, "delay on the weak link:\n{text}");
+    assert_eq!(
+        all.iter().map(|s| s.errors).sum::<u64>(),
+        0,
+        "decoder errors:\n{text}"
+    );
+    assert!(fps(&end) >= 28.0, "frame rate not back:\n{text}");
+    // The recording kept its bitrate throughout (its encoder never followed the link).
+    let report = rig.recording_whole();
+    eprintln!("{report}");
+    for line in report.lines().filter(|l| !l.contains(" 0 frames")) {
+        let kbps: f64 = line
+            .rsplit(", ")
+            .next()
+            .and_then(|k| k.trim_end_matches(" kbit/s").parse().ok())
+            .unwrap_or(0.0);
+        let frames: u64 = line
+            .split(": ")
+            .nth(1)
+            .and_then(|f| f.split(' ').next())
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
+        if frames >= 150 {
+            assert!(
+                kbps > BITRATE_KBPS as f64 * 0.8,
+                "a recording below its configured bitrate: {report}"
+            );
+        }
+    }
 }

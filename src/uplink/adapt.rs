@@ -7,7 +7,7 @@
 //! the configured bitrate comes back.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub struct Spec {
     /// None: the rate stays (not adaptive, or the encoder's rate is fixed); the link is still
     /// measured and the socket bounded.
     pub encoder: Option<EncoderRate>,
+    /// An encoder of its own: one raw frame in this many reaches it.
+    pub keep_every: Option<Arc<AtomicU32>>,
     pub stats: Arc<LinkStats>,
 }
 
@@ -110,6 +112,7 @@ fn run(spec: Spec, stop: &AtomicBool) {
         before,
         queue,
         encoder,
+        keep_every,
         stats,
     } = spec;
     let mut rate = Rate::new(limits);
@@ -147,6 +150,15 @@ fn run(spec: Spec, stop: &AtomicBool) {
         };
         let now = Instant::now();
         let change = rate.on_sample(now, &s);
+        if let Some(k) = &keep_every {
+            let every = rate.keep_every();
+            if k.swap(every, Ordering::Relaxed) != every {
+                log::info!(
+                    "uplink: link carries {} kbit/s at the floor: one frame in {every}",
+                    rate.carried_kbps().unwrap_or(0)
+                );
+            }
+        }
         let backlog = rate.backlog_ms(&s);
         let carried = rate.carried_kbps().unwrap_or(0);
         stats.backlog_ms.store(backlog, Ordering::Relaxed);

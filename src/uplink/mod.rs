@@ -8,7 +8,7 @@ pub mod adapt;
 pub mod rate;
 pub mod tcp;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
@@ -17,7 +17,24 @@ use tokio::sync::mpsc;
 
 use crate::branch::{self, Branch};
 use crate::config::UplinkConfig;
+use crate::profile::Properties;
 use adapt::{Adapter, EncoderRate, LinkStats};
+
+/// Where the uplink's H.264 comes from (`uplink.encode`, the board profile's `uplink_encode`).
+pub enum Source {
+    /// The encoded tee, shared with the recording and RTSP; the shared encoder's bitrate, when
+    /// it can change while running (None: an H.264 camera, or a fixed rate).
+    Shared(Option<EncoderRate>),
+    /// An encoder of its own on the raw tee.
+    Own {
+        raw_tee: gst::Element,
+        /// `queue ! videoconvert ! caps ! <encoder> name=uplinkenc ! caps ! h264parse ! caps`.
+        description: String,
+        /// How its bitrate changes while it runs (`encoders.toml`, `rate`).
+        rate: Properties,
+        keyframe_interval: gst::ClockTime,
+    },
+}
 
 /// A new, unguessable path id: 128 random bits, hex (URL-safe).
 pub fn random_path() -> Result<String> {
@@ -39,9 +56,12 @@ pub struct Uplink {
     /// flows straight through to the server, makes the uplink live.
     recording: Arc<AtomicBool>,
     live_tx: mpsc::Sender<u64>,
-    /// The shared encoder's bitrate, as configured and as the uplink may change it.
-    encoder: Option<EncoderRate>,
+    source: Source,
+    /// The configured bitrate, which the uplink may lower.
     max_kbps: u32,
+    /// Where a keyframe is asked for when the server takes the stream: the uplink queue's
+    /// sink, upstream of which is the encoder (shared or its own).
+    keyframe_pad: Option<gst::Pad>,
     adapter: Option<Adapter>,
     stats: Arc<LinkStats>,
 }
@@ -58,17 +78,17 @@ impl Uplink {
             live: false,
             recording: Arc::new(AtomicBool::new(false)),
             live_tx,
-            encoder: None,
+            source: Source::Shared(None),
             max_kbps: 0,
+            keyframe_pad: None,
             adapter: None,
             stats: Arc::new(LinkStats::default()),
         }
     }
 
-    /// The encoder the uplink shares with the recording, at `kbps` as configured; None (an
-    /// H.264 camera, or an encoder whose rate is fixed): the rate cannot follow the link.
-    pub fn set_encoder(&mut self, encoder: Option<EncoderRate>, kbps: u32) {
-        self.encoder = encoder;
+    /// Where the uplink's video comes from, at `kbps` as configured.
+    pub fn set_source(&mut self, source: Source, kbps: u32) {
+        self.source = source;
         self.max_kbps = kbps;
     }
 
@@ -177,7 +197,39 @@ impl Uplink {
         let pad = queue
             .static_pad("sink")
             .ok_or_else(|| anyhow!("queue has no sink pad"))?;
-        bin.add_pad(&gst::GhostPad::with_target(&pad)?)?;
+        // The bin's input: the encoded tee, or the raw tee through an encoder of its own.
+        let (tee, encoder, keep_every) = match &self.source {
+            Source::Shared(encoder) => {
+                bin.add_pad(&gst::GhostPad::with_target(&pad)?)?;
+                (tee.clone(), encoder.clone(), None)
+            }
+            Source::Own {
+                raw_tee,
+                description,
+                rate,
+                keyframe_interval,
+            } => {
+                let enc = gst::parse::bin_from_description(description, true)?;
+                bin.add(&enc)?;
+                enc.link(&queue)?;
+                let encoder = enc
+                    .by_name("uplinkenc")
+                    .ok_or_else(|| anyhow!("the uplink's encoder is missing"))?;
+                crate::keyframes::keep_interval(&encoder, *keyframe_interval);
+                let keep_every = Arc::new(AtomicU32::new(1));
+                skip_frames(&encoder, keep_every.clone())?;
+                let input = enc
+                    .static_pad("sink")
+                    .ok_or_else(|| anyhow!("the uplink's encoder has no input"))?;
+                bin.add_pad(&gst::GhostPad::with_target(&input)?)?;
+                (
+                    raw_tee.clone(),
+                    EncoderRate::new(encoder, rate.clone()),
+                    Some(keep_every),
+                )
+            }
+        };
+        self.keyframe_pad = Some(pad.clone());
 
         // Streaming thread: before the first keyframe, delta frames are useless to the server;
         // the first keyframe after RECORD was answered makes the uplink live.
@@ -212,10 +264,10 @@ impl Uplink {
         // Sockets to the server before this push connects are other pushes (playback).
         let port = tcp::url_port(&location);
         let before = port.map(adapt::sockets_to).unwrap_or_default();
-        self.branch = Some(branch::attach(pipeline, tee, bin, true)?);
+        self.branch = Some(branch::attach(pipeline, &tee, bin, true)?);
         log::info!("uplink: pushing to {location}");
         // Not adaptive (or a fixed rate): the link is still measured and the socket bounded.
-        let follow = self.cfg.adaptive && self.encoder.is_some();
+        let follow = self.cfg.adaptive && encoder.is_some();
         self.adapter = match port {
             Some(port) if self.max_kbps > 0 => Some(adapt::start(adapt::Spec {
                 limits: rate::Limits {
@@ -225,11 +277,13 @@ impl Uplink {
                     } else {
                         self.max_kbps
                     },
+                    frame_steps: follow && keep_every.is_some(),
                 },
                 port,
                 before,
                 queue,
-                encoder: self.encoder.clone().filter(|_| follow),
+                encoder: encoder.filter(|_| follow),
+                keep_every,
                 stats: self.stats.clone(),
             })),
             _ => None,
@@ -255,8 +309,8 @@ impl Uplink {
             && src.parent().is_some_and(|p| p.name() == "rtspclientsink");
         if answered && self.branch.is_some() && !self.recording.swap(true, Ordering::SeqCst) {
             log::info!("uplink: server accepted the stream (RECORD answered)");
-            if let Some(pad) = self.branch.as_ref().and_then(|b| b.bin.static_pad("sink")) {
-                branch::request_keyframe(&pad);
+            if let Some(pad) = self.keyframe_pad.as_ref().filter(|_| self.branch.is_some()) {
+                branch::request_keyframe(pad);
             }
         }
     }
@@ -284,4 +338,22 @@ impl Uplink {
             self.path = None;
         }
     }
+}
+
+/// Keeps one raw frame in `keep_every` on their way into the uplink's own encoder (streaming
+/// thread): raw frames can go, encoded ones could not without breaking the next ones.
+fn skip_frames(encoder: &gst::Element, keep_every: Arc<AtomicU32>) -> Result<()> {
+    let pad = encoder
+        .static_pad("sink")
+        .ok_or_else(|| anyhow!("the uplink's encoder has no sink pad"))?;
+    let n = AtomicU32::new(0);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        let every = keep_every.load(Ordering::Relaxed).max(1);
+        if n.fetch_add(1, Ordering::Relaxed) % every == 0 {
+            gst::PadProbeReturn::Ok
+        } else {
+            gst::PadProbeReturn::Drop
+        }
+    });
+    Ok(())
 }

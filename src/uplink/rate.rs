@@ -14,6 +14,9 @@ pub struct Limits {
     /// The floor: below it the shared encoder would spoil the recording; the uplink's queue
     /// drops whole GOPs instead.
     pub min_kbps: u32,
+    /// Below the floor, lower the frame rate (an encoder of its own only: a shared one's
+    /// frames are the recording's).
+    pub frame_steps: bool,
 }
 
 /// One look at the link, every `PERIOD`.
@@ -43,6 +46,7 @@ const DOWN_EVERY: Duration = Duration::from_millis(600);
 /// The link must stay clear this long before it is stepped up, then a step every `UP_EVERY`.
 const UP_AFTER: Duration = Duration::from_secs(2);
 const UP_EVERY: Duration = Duration::from_secs(1);
+const FRAME_STEP_UP_EVERY: Duration = Duration::from_secs(4);
 /// No step down in a connection's first seconds (the bounded queue covers them).
 const WARM_UP: Duration = Duration::from_secs(2);
 /// The empty link's round trip is the least seen over this last while.
@@ -68,7 +72,13 @@ pub struct Rate {
     rtts: VecDeque<(Instant, u32)>,
     /// The first sample.
     started: Option<Instant>,
+    /// Index into `KEEP_EVERY` (frame rate steps below the floor).
+    step: usize,
 }
+
+/// Below the floor, an uplink with an encoder of its own keeps one raw frame in this many:
+/// 30 fps → 15, 10, 5.
+const KEEP_EVERY: [u32; 4] = [1, 2, 3, 6];
 
 impl Rate {
     pub fn new(limits: Limits) -> Self {
@@ -82,11 +92,25 @@ impl Rate {
             recent: VecDeque::new(),
             rtts: VecDeque::new(),
             started: None,
+            step: 0,
         }
     }
 
     pub fn kbps(&self) -> u32 {
         self.kbps
+    }
+
+    /// One raw frame in this many goes to the encoder (1: all).
+    pub fn keep_every(&self) -> u32 {
+        KEEP_EVERY[self.step]
+    }
+
+    fn frame_steps(&self) -> usize {
+        if self.limits.frame_steps {
+            KEEP_EVERY.len()
+        } else {
+            1
+        }
     }
 
     /// Video waiting, in ms: the queue's own, plus the socket's bytes at the rate the link
@@ -179,10 +203,19 @@ impl Rate {
             self.clear_since = None;
             // A backlog that drains after a step down needs no further one.
             let draining = self.last_backlog.is_some_and(|b| backlog < b * 9 / 10);
-            if since_change.is_some_and(|d| d < DOWN_EVERY)
-                || self.kbps <= self.limits.min_kbps
-                || draining
+            let at_floor = self.kbps <= self.limits.min_kbps;
+            if at_floor
+                && !draining
+                && since_change.is_none_or(|d| d >= DOWN_EVERY)
+                && self.step + 1 < self.frame_steps()
             {
+                // Below the floor the frame rate goes down instead (an encoder of its own).
+                self.step += 1;
+                self.last_backlog = Some(backlog);
+                self.last_change = Some(now);
+                return None;
+            }
+            if since_change.is_some_and(|d| d < DOWN_EVERY) || at_floor || draining {
                 if draining && since_change.is_some_and(|d| d >= DOWN_EVERY) {
                     // Judged again against this backlog one step later.
                     self.last_backlog = Some(backlog);
@@ -204,7 +237,15 @@ impl Rate {
             let clear_since = *self.clear_since.get_or_insert(now);
             let waited = now.duration_since(clear_since) >= UP_AFTER
                 && since_change.is_none_or(|d| d >= UP_EVERY);
-            if waited && self.kbps < self.limits.max_kbps {
+            // A frame rate step up is a bitrate step of half or more: it waits longer.
+            let waited_long = since_change.is_none_or(|d| d >= FRAME_STEP_UP_EVERY);
+            if waited && waited_long && self.step > 0 {
+                // The frame rate comes back first, then the bitrate.
+                self.step -= 1;
+                self.last_change = Some(now);
+                return None;
+            }
+            if waited && self.step == 0 && self.kbps < self.limits.max_kbps {
                 // 8 % a step: from a weak link's rate back to 2.5 Mbit/s in about 20 s.
                 let target = (self.kbps + self.kbps / 12 + 10).min(self.limits.max_kbps);
                 return self.set(now, target);
@@ -232,6 +273,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_kbps: 2500,
         min_kbps: 300,
+        frame_steps: false,
     };
 
     /// A link of `link_kbps` fed at the rate's bitrate for `secs`: the backlog grows by what
@@ -293,6 +335,30 @@ mod tests {
         assert!(!ups.is_empty() && rate.kbps() < 1500, "{ups:?}");
         run(&mut rate, &mut t, &mut acked, &mut backlog, 20_000, 40.0);
         assert_eq!(rate.kbps(), 2500);
+    }
+
+    #[test]
+    fn an_own_encoder_at_its_floor_halves_the_frame_rate_then_gets_it_back_first() {
+        let mut rate = Rate::new(Limits {
+            frame_steps: true,
+            ..LIMITS
+        });
+        let (mut t, mut acked, mut backlog) = (Instant::now(), 0u64, 0f64);
+        run(&mut rate, &mut t, &mut acked, &mut backlog, 100, 20.0);
+        assert_eq!((rate.kbps(), rate.keep_every()), (300, 6));
+        // The link clears: the frame rate is back before the bitrate rises.
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            run(&mut rate, &mut t, &mut acked, &mut backlog, 20_000, 0.1);
+            if seen.last() != Some(&(rate.kbps(), rate.keep_every())) {
+                seen.push((rate.kbps(), rate.keep_every()));
+            }
+        }
+        let first_up = seen.iter().position(|(k, _)| *k > 300).unwrap();
+        assert!(
+            seen[..first_up].last().is_some_and(|(_, n)| *n == 1),
+            "{seen:?}"
+        );
     }
 
     #[test]
