@@ -349,7 +349,7 @@ fn skip_frames(encoder: &gst::Element, keep_every: Arc<AtomicU32>) -> Result<()>
     let n = AtomicU32::new(0);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
         let every = keep_every.load(Ordering::Relaxed).max(1);
-        if n.fetch_add(1, Ordering::Relaxed) % every == 0 {
+        if n.fetch_add(1, Ordering::Relaxed).is_multiple_of(every) {
             gst::PadProbeReturn::Ok
         } else {
             gst::PadProbeReturn::Drop
