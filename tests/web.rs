@@ -204,3 +204,94 @@ fn timeline_shows_recordings_plays_one_and_goes_back_to_live() {
     );
     std::fs::remove_dir_all(rec).ok();
 }
+
+/// Glass-to-glass delay as the page itself measures it (&measure=1), for each playback mode the
+/// page offers: the device draws each frame's capture time as a QR code, the page reads it on
+/// every shown frame (at most 10 a second) and subtracts it from the frame's display time. Both
+/// ends share this machine's clock. WebRTC plays through the HLS fallback while the media
+/// stand-in has no WHEP; the transport that played is reported.
+#[test]
+fn glass_to_glass_delay_in_the_page_for_each_playback_mode() {
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        eprintln!("SKIPPED: no /usr/bin/chromium");
+        return;
+    }
+    let qroverlay = Command::new("gst-inspect-1.0")
+        .args(["--exists", "qroverlay"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !qroverlay {
+        eprintln!("SKIPPED: GStreamer's qroverlay is not installed (gst-plugins-bad)");
+        return;
+    }
+    let (root, relay_port, _relay, media) = serving_the_page();
+    assert!(
+        root.join("web/dist/glass.js").exists(),
+        "build the viewer first: npm --prefix web run build"
+    );
+    let cfg = device_config(free_port(), relay_port, media.push, "")
+        .replace("lease_seconds = 3", "lease_seconds = 10")
+        .replace(
+            "source = \"test\"",
+            "source = \"test\"\ntest_overlay = \"timestamp-qr\"",
+        )
+        .replace("bitrate_kbps = 500", "bitrate_kbps = 1200");
+    let dev = Device::start("web-glass", &cfg, &[]);
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+
+    let url = format!(
+        "http://127.0.0.1:{relay_port}/index.html?device=test01&media=http://127.0.0.1:{}&heartbeat=2000",
+        media.http
+    );
+    let modes = ["hls", "llhls", "webrtc"];
+    let mut c = Command::new("node");
+    c.arg(node_dir().join("web_glass.js"))
+        .arg(&url)
+        .arg("10")
+        .args(modes);
+    let browser = Peer::spawn(c);
+    let mut report = String::new();
+    for mode in modes {
+        let (_, line) = browser
+            .wait_for(&format!("STEP glass {mode} "), Duration::from_secs(120))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no figures for {mode}: {:?}\n{}",
+                    browser.lines.lock().unwrap(),
+                    dev.log_text()
+                )
+            });
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let transport = f[3];
+        let num = |i: usize| -> f64 { f[i].parse().unwrap_or(f64::NAN) };
+        let (samples, median, p95, min, max) = (num(4), num(5), num(6), num(7), num(8));
+        report.push_str(&format!(
+            "{mode:>6} (played {transport}): median {median} ms, p95 {p95} ms, min {min} ms, max {max} ms, {samples} frames read, {} ms per decode\n",
+            f[9]
+        ));
+        assert!(samples >= 20.0, "{mode}: too few frames read: {line}");
+        assert!(
+            min > 0.0,
+            "{mode}: a frame shown before it was captured: {line}"
+        );
+        let bound = if transport == "webrtc" {
+            5_000.0
+        } else {
+            15_000.0
+        };
+        assert!(max < bound, "{mode}: delay beyond {bound} ms: {line}");
+        if mode == "webrtc" && transport != "webrtc" {
+            assert!(
+                line.contains("WebRTC unavailable, playing HLS"),
+                "webrtc mode played {transport} without saying so: {line}"
+            );
+        } else {
+            assert_eq!(transport, mode, "{line}");
+        }
+    }
+    eprintln!("glass-to-glass delay in Chromium, 320x240@30 test source, stand-in media server:\n{report}");
+    assert!(browser
+        .wait_for("FAILED", Duration::from_millis(10))
+        .is_none());
+}

@@ -11,6 +11,8 @@
 //   &heartbeat=10000        heartbeat interval, ms
 //   &token=...              viewing token (a signed, short-lived one: `camstream token`), sent
 //                           with auth and heartbeatping; none: the seed's argument-less events
+//   &measure=1              test mode: glass-to-glass delay from the timestamp QR code the
+//                           device draws with camera.test_overlay = "timestamp-qr" (glass.js)
 // Recordings: the device answers `recordings` with the spans it has recorded (shown on the
 // timeline); a click asks to `play` from that time and the device pushes the recording to the
 // media server like live (`playback`, then `bridge <path>`); `stop` ends it, and live resumes.
@@ -257,6 +259,21 @@ async function liveDelay() {
   return "?";
 }
 
+// Test mode (&measure=1): glass.js, a bundle of its own fetched only then, reads each shown
+// frame's capture time; its figures go on window.camstreamGlass and its line in the details.
+const playing = () => ({
+  mode,
+  transport: pc && pc.connectionState === "connected" ? "webrtc"
+    : hls ? (hls.config.lowLatencyMode ? "llhls" : "hls") : video.src ? "native-hls" : "none",
+});
+let glassLine = () => "";
+if (params.get("measure") === "1") {
+  window.camstreamGlassInit = (start) => { glassLine = start(video, playing); };
+  const s = document.createElement("script");
+  s.src = new URL("glass.js", document.currentScript ? document.currentScript.src : location.href).toString();
+  document.head.append(s);
+}
+
 video.addEventListener("playing", () => {
   if (firstPictureMs === null && requestedAt) {
     firstPictureMs = Math.round(performance.now() - requestedAt);
@@ -284,7 +301,7 @@ setInterval(async () => {
   }
   timeline.setCursor(null);
   const delay = await liveDelay();
-  say("Live", `First picture after ${firstPictureMs ?? "?"} ms · live delay ${delay}${fallbackNote}`);
+  say("Live", `First picture after ${firstPictureMs ?? "?"} ms · live delay ${delay}${fallbackNote}${glassLine()}`);
 }, 500);
 
 // The recordings of the last 24 h, again every minute while the page shows them.
