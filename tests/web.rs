@@ -1,5 +1,6 @@
 //! The web viewer in headless Chromium against the whole system on 127.0.0.1: camstream-signal
-//! serving the page, the device, the media stand-in serving HLS.
+//! serving the page, the device, the media stand-in serving HLS; and WebRTC (WHEP) in a network
+//! namespace of its own.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use common::netns;
 use common::peers::*;
 use common::*;
 use nix::sys::signal::Signal;
@@ -96,6 +98,202 @@ fn viewer_plays_goes_offline_and_resumes_without_reload() {
                 dev2.log_text()
             )
         });
+    assert!(browser
+        .wait_for("FAILED", Duration::from_millis(10))
+        .is_none());
+}
+
+/// A request to the media stand-in's HTTP port from inside the namespace: the status code.
+fn http_status(port: u16, method: &str, path: &str, ctype: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((netns::ADDR, port)).expect("media stand-in");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        netns::ADDR,
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The page's WebRTC mode for real: the media stand-in answers WHEP (webrtcbin) and the page
+/// plays through a connected peer connection, not through the HLS fallback. Everything, the
+/// relay, the stand-in, the device and Chromium, runs in a network namespace the test makes:
+/// Chromium gathers no ICE candidate on loopback alone.
+#[test]
+fn viewer_plays_webrtc_through_whep_in_a_network_namespace() {
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        eprintln!("SKIPPED: no /usr/bin/chromium");
+        return;
+    }
+    if let Some(why) = netns::Netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    gst::init().unwrap();
+    let nice = gst::ElementFactory::find("nicesrc").is_some();
+    if !nice {
+        eprintln!("SKIPPED: GStreamer's libnice elements are not installed (gstreamer1.0-nice), webrtcbin needs them");
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let web = root.join("web/dist");
+    assert!(
+        web.join("index.html").exists(),
+        "build the viewer first: npm --prefix web run build"
+    );
+    let ns = netns::Netns::new("webrtc").expect("network namespace");
+    let relay_port = free_port();
+    let (_relay, media, dev) = ns.run(move || {
+        let relay = camstream_signal_with(relay_port, &["--static-dir", web.to_str().unwrap()]);
+        let media = media_standin_with(free_port(), &["--bind", netns::ADDR, "--whep"]);
+        let cfg = device_config(free_port(), relay_port, media.push, "")
+            .replace("lease_seconds = 3", "lease_seconds = 10")
+            .replace(
+                &format!("rtsp://127.0.0.1:{}/", media.push),
+                &format!("rtsp://{}:{}/", netns::ADDR, media.push),
+            );
+        let dev = Device::start("web-webrtc", &cfg, &[]);
+        (relay, media, dev)
+    });
+    dev.wait_log("signal: create room", Duration::from_secs(10));
+
+    let http = media.http;
+    // No push on that path: 404, as MediaMTX answers.
+    let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\na=recvonly\r\n";
+    let unknown = ns.run(move || {
+        http_status(
+            http,
+            "POST",
+            "/channel/nobody/whep",
+            "application/sdp",
+            offer,
+        )
+    });
+    assert_eq!(unknown, 404, "WHEP on a path nobody pushes");
+
+    let shot = root.join("target/viewer-webrtc.png");
+    let url = format!(
+        "http://127.0.0.1:{relay_port}/index.html?device=test01&media=http://{}:{http}&heartbeat=2000&mode=webrtc",
+        netns::ADDR
+    );
+    let browser = ns.run(move || {
+        let mut c = Command::new("node");
+        c.arg(node_dir().join("web_webrtc.js")).arg(&url).arg(&shot);
+        Peer::spawn(c)
+    });
+    let step = |name: &str, secs: u64| -> String {
+        browser
+            .wait_for(&format!("STEP {name} "), Duration::from_secs(secs))
+            .or_else(|| browser.wait_for("FAILED", Duration::from_millis(10)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no step {name}: {:?}\n{:?}\n{}",
+                    browser.lines.lock().unwrap(),
+                    media.peer.lines.lock().unwrap(),
+                    dev.log_text()
+                )
+            })
+            .1
+    };
+    let codecs = step("codecs", 30);
+    eprintln!("Chromium's H.264 receive codecs: {codecs}");
+    let line = step("webrtc", 60);
+    assert!(
+        line.starts_with("STEP webrtc "),
+        "{line}\n{:?}\n{}",
+        media.peer.lines.lock().unwrap(),
+        dev.log_text()
+    );
+    eprintln!("{line}");
+    let v: serde_json::Value = serde_json::from_str(&line["STEP webrtc ".len()..]).unwrap();
+    assert_eq!(v["whep"]["status"], 201, "{line}");
+    let location = v["whep"]["location"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        location.starts_with("/channel/") && location.contains("/whep/"),
+        "{line}"
+    );
+    assert_eq!(v["rtp"]["state"], "connected", "{line}");
+    assert_eq!(v["rtp"]["codec"], "video/H264", "{line}");
+    assert!(
+        v["rtp"]["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(netns::ADDR)),
+        "the media came from elsewhere: {line}"
+    );
+    assert!(
+        v["rtp"]["framesDecoded"].as_u64().unwrap_or(0) >= 30,
+        "{line}"
+    );
+    // 30 frames a second from the device: at least half of them shown over 2 s.
+    assert!(v["shown"]["quality"].as_u64().unwrap_or(0) >= 30, "{line}");
+    assert!(
+        v["shown"]["callbacks"].as_u64().unwrap_or(0) >= 30,
+        "{line}"
+    );
+    assert!(
+        v["variance"].as_f64().unwrap_or(0.0) > 50.0,
+        "blank picture: {line}"
+    );
+    assert!(
+        !v["details"].as_str().unwrap_or("").contains("HLS"),
+        "{line}"
+    );
+
+    // The page switched to HLS and deleted its session: the stand-in forgot it and gave its
+    // port back.
+    let deleted = step("deleted", 30);
+    eprintln!("{deleted}");
+    let d: serde_json::Value = serde_json::from_str(&deleted["STEP deleted ".len()..]).unwrap();
+    assert_eq!(d["patch"], 404, "{deleted}");
+    assert_eq!(d["portBusyBefore"], true, "{deleted}");
+    assert_eq!(d["portFree"], true, "{deleted}");
+
+    // Bad requests on the live path: an offer that is no SDP, one without H.264; a session
+    // that does not exist.
+    let live = location.split('/').nth(2).unwrap().to_string();
+    let statuses = ns.run(move || {
+        let post = |body: &str| {
+            http_status(
+                http,
+                "POST",
+                &format!("/channel/{live}/whep"),
+                "application/sdp",
+                body,
+            )
+        };
+        let vp8 = offer.replace("H264/90000", "VP8/90000");
+        [
+            post("hello"),
+            post(&vp8),
+            http_status(
+                http,
+                "PATCH",
+                &format!("/channel/{live}/whep/none"),
+                "application/trickle-ice-sdpfrag",
+                "a=candidate:1 1 UDP 1 198.18.0.9 9 typ host\r\n",
+            ),
+            http_status(
+                http,
+                "DELETE",
+                &format!("/channel/{live}/whep/none"),
+                "",
+                "",
+            ),
+        ]
+    });
+    assert_eq!(statuses, [400, 400, 404, 404]);
     assert!(browser
         .wait_for("FAILED", Duration::from_millis(10))
         .is_none());

@@ -10,12 +10,19 @@
 //!
 //! - with --tls-cert/--tls-key (PEM), pushes are taken as rtsps:// only, as MediaMTX does with
 //!   `rtspEncryption: strict`.
+//! - with --whep, serves WebRTC on the HTTP port as MediaMTX does (whep.rs): POST
+//!   /channel/<path>/whep, then PATCH/DELETE the session it names. Off by default: the
+//!   stand-in's ICE candidates are the machine's interface addresses, which only a test inside
+//!   a network namespace of its own may use (with --bind <its address>, only that one is offered).
 //!
 //! cargo run --example media_standin -- [--push-port 8555] [--read-port 8556] [--http-port 8888]
 //!     [--dir /tmp/camstream-media] [--bind 127.0.0.1] [--tls-cert cert.pem --tls-key key.pem]
+//!     [--whep]
+
+mod whep;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,6 +34,8 @@ use gst_rtsp_server::prelude::*;
 /// Readers' appsrcs per pushed path.
 type Readers = Arc<Mutex<HashMap<String, Vec<gst_app::AppSrc>>>>;
 
+const MAX_BODY: usize = 64 * 1024;
+
 struct Args {
     bind: String,
     push_port: u16,
@@ -34,6 +43,7 @@ struct Args {
     http_port: u16,
     dir: PathBuf,
     tls: Option<(PathBuf, PathBuf)>,
+    whep: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,10 +54,15 @@ fn parse_args() -> Result<Args> {
         http_port: 8888,
         dir: PathBuf::from("/tmp/camstream-media"),
         tls: None,
+        whep: false,
     };
     let (mut cert, mut key) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--whep" {
+            a.whep = true;
+            continue;
+        }
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--bind" => a.bind = v,
@@ -69,7 +84,7 @@ fn parse_args() -> Result<Args> {
 }
 
 /// The id in `rtsp://host:port/channel/<id>[/...]` when it is a safe one, else None.
-fn channel_path(uri: &str) -> Option<String> {
+pub(crate) fn channel_path(uri: &str) -> Option<String> {
     let id = &uri[uri.find("/channel/")? + "/channel/".len()..];
     let id = id.split('/').next()?;
     let ok = !id.is_empty()
@@ -87,6 +102,7 @@ fn record_factory(
     id: &str,
     dir: &Path,
     readers: &Readers,
+    live: &whep::Live,
     tls: bool,
 ) -> gst_rtsp_server::RTSPMediaFactory {
     let out = dir.join("channel").join(id);
@@ -116,6 +132,7 @@ fn record_factory(
     // writer puts out the frames it still holds, as a media server finishes a recording.
     factory.set_eos_shutdown(true);
     let readers = readers.clone();
+    let live = live.clone();
     let id = id.to_string();
     factory.connect_media_configure(move |_, media| {
         let Some(sink) = media
@@ -127,9 +144,19 @@ fn record_factory(
             return;
         };
         println!("media-standin: push started on /channel/{id}");
+        if let Ok(mut l) = live.lock() {
+            *l.entry(id.clone()).or_default() += 1;
+        }
         let ended = id.clone();
-        media
-            .connect_unprepared(move |_| println!("media-standin: push ended on /channel/{ended}"));
+        let l = live.clone();
+        media.connect_unprepared(move |_| {
+            if let Ok(mut l) = l.lock() {
+                if let Some(n) = l.get_mut(&ended) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            println!("media-standin: push ended on /channel/{ended}")
+        });
         let readers = readers.clone();
         let id = id.clone();
         sink.set_callbacks(
@@ -198,33 +225,74 @@ fn read_factory(id: &str, readers: &Readers) -> gst_rtsp_server::RTSPMediaFactor
     factory
 }
 
-fn serve_http(listener: TcpListener, root: PathBuf) {
+fn serve_http(listener: TcpListener, root: PathBuf, whep: Option<Arc<whep::Whep>>) {
     for stream in listener.incoming().flatten() {
         let root = root.clone();
+        let whep = whep.clone();
         std::thread::spawn(move || {
-            let _ = handle_http(stream, &root);
+            let _ = handle_http(stream, &root, whep.as_ref());
         });
     }
 }
 
-fn handle_http(mut stream: TcpStream, root: &Path) -> Result<()> {
+fn handle_http(mut stream: TcpStream, root: &Path, whep: Option<&Arc<whep::Whep>>) -> Result<()> {
     let mut line = String::new();
     let mut reader = BufReader::new(stream.try_clone()?);
     reader.read_line(&mut line)?;
+    let mut length = 0usize;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" {
             break;
         }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(usize::MAX);
+            }
+        }
     }
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
     let path = target.split('?').next().unwrap_or("/");
-    let cors = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\n";
+    // The page comes from another origin (the relay): WHEP's methods, its Content-Type and its
+    // Location header must be allowed across origins.
+    let cors = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\n\
+                Access-Control-Allow-Methods: GET, HEAD, POST, PATCH, DELETE, OPTIONS\r\n\
+                Access-Control-Expose-Headers: Location\r\n";
     if method == "OPTIONS" {
         write!(
             stream,
-            "HTTP/1.1 204 No Content\r\n{cors}Content-Length: 0\r\n\r\n"
+            "HTTP/1.1 204 No Content\r\n{cors}Access-Control-Allow-Private-Network: true\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        return Ok(());
+    }
+    if matches!(method, "POST" | "PATCH" | "DELETE") {
+        if length > MAX_BODY {
+            write!(
+                stream,
+                "HTTP/1.1 413 Content Too Large\r\n{cors}Content-Length: 0\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let reply = whep.and_then(|w| w.handle(method, path, &body));
+        let (status, headers, body) = match reply {
+            Some(whep::Reply::Created { location, sdp }) => (
+                "201 Created",
+                format!("Content-Type: application/sdp\r\nLocation: {location}\r\n"),
+                sdp,
+            ),
+            Some(whep::Reply::NoContent) => ("204 No Content", String::new(), String::new()),
+            Some(whep::Reply::Ok) => ("200 OK", String::new(), String::new()),
+            Some(whep::Reply::BadRequest(why)) => ("400 Bad Request", String::new(), why),
+            Some(whep::Reply::Failed(why)) => ("500 Internal Server Error", String::new(), why),
+            Some(whep::Reply::NotFound) | None => ("404 Not Found", String::new(), String::new()),
+        };
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\n{cors}{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
         )?;
         return Ok(());
     }
@@ -260,6 +328,7 @@ fn main() -> Result<()> {
     gst::init()?;
     std::fs::create_dir_all(&args.dir)?;
     let readers: Readers = Arc::default();
+    let live: whep::Live = Arc::default();
 
     let push = gst_rtsp_server::RTSPServer::new();
     push.set_address(&args.bind);
@@ -285,6 +354,7 @@ fn main() -> Result<()> {
     let read_mounts = read.mount_points().context("mount points")?;
     let dir = args.dir.clone();
     let r = readers.clone();
+    let l = live.clone();
     let created: Mutex<std::collections::HashSet<String>> = Mutex::default();
     // Mounts appear on demand: the first request naming /channel/<id> creates both sides.
     let ensure = Arc::new(move |uri: &str| {
@@ -294,7 +364,7 @@ fn main() -> Result<()> {
         };
         if created.insert(id.clone()) {
             let mount = format!("/channel/{id}");
-            push_mounts.add_factory(&mount, record_factory(&id, &dir, &r, tls));
+            push_mounts.add_factory(&mount, record_factory(&id, &dir, &r, &l, tls));
             read_mounts.add_factory(&mount, read_factory(&id, &r));
         }
     });
@@ -322,14 +392,29 @@ fn main() -> Result<()> {
     let http = TcpListener::bind((args.bind.as_str(), args.http_port))
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.http_port))?;
     let root = args.dir.clone();
-    std::thread::spawn(move || serve_http(http, root));
+    let whep = args.whep.then(|| {
+        // Only the bound address's candidates, when it is one interface's.
+        let advertise = args
+            .bind
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .filter(|a| !a.is_loopback() && !a.is_unspecified())
+            .map(|a| a.to_string());
+        whep::Whep::new(readers.clone(), live.clone(), advertise)
+    });
+    std::thread::spawn(move || serve_http(http, root, whep));
 
     println!(
-        "media-standin: push {}://{b}:{}/channel/<path>, read rtsp://{b}:{}/channel/<path>, HLS http://{b}:{}/channel/<path>/index.m3u8",
+        "media-standin: push {}://{b}:{}/channel/<path>, read rtsp://{b}:{}/channel/<path>, HLS http://{b}:{}/channel/<path>/index.m3u8{}",
         if tls { "rtsps" } else { "rtsp" },
         args.push_port,
         args.read_port,
         args.http_port,
+        if args.whep {
+            format!(", WHEP http://{}:{}/channel/<path>/whep", args.bind, args.http_port)
+        } else {
+            String::new()
+        },
         b = args.bind
     );
     glib::MainLoop::new(None, false).run();

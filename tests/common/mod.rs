@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod netns;
 pub mod peers;
 pub mod recordings;
 pub mod vboard;
