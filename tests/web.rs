@@ -301,9 +301,30 @@ fn viewer_plays_webrtc_through_whep_in_a_network_namespace() {
 
 #[test]
 fn timeline_shows_recordings_plays_one_and_goes_back_to_live() {
-    let (root, relay_port, _relay, media) = serving_the_page();
+    // camstream-signal with device keys: it tells viewers apart, so the device can end the
+    // live lease of the one viewer that went to a recording (an open device: anyone may watch).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let web = root.join("web/dist");
+    assert!(
+        web.join("index.html").exists(),
+        "build the viewer first: npm --prefix web run build"
+    );
     let rec = temp_dir("web-rec");
-    let cfg = device_config(free_port(), relay_port, media.push, "")
+    let relay_port = free_port();
+    let (secret, key) = device_secret(&rec, "test01");
+    let _relay = camstream_signal_with(
+        relay_port,
+        &[
+            "--device-secret-file",
+            &secret,
+            "--static-dir",
+            web.to_str().unwrap(),
+        ],
+    );
+    let media = media_standin(free_port());
+    let rec = rec.join("card");
+    let signal = format!("open = true\ndevice_key = \"{key}\"");
+    let cfg = device_config_signal(free_port(), relay_port, media.push, &signal, "")
         .replace("lease_seconds = 3", "lease_seconds = 10")
         .replace(
             "[recording]\nenabled = false",

@@ -4,25 +4,14 @@
 //   STEP stalled <ms>         the video's clock stopped (after the test cut the link)
 //   STEP resumed <ms> <status> the clock moves again, in the same page (no reload)
 // node web_outage.js VIEWER_URL
-const fs = require("fs");
-const os = require("os");
-const path = require("path");
-const { chromium } = require("playwright-core");
+const { out, open } = require("./browser");
 
 const [url] = process.argv.slice(2);
-const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  "--autoplay-policy=no-user-gesture-required"];
-const out = (line) => new Promise((r) => process.stdout.write(line + "\n", r));
 const clock = (page) => page.evaluate(() => [document.getElementById("status").textContent,
   document.getElementById("video").currentTime, window.__samePage === true]);
 
 (async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "camstream-chromium-"));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", headless: true, args });
-  const page = ctx.pages()[0] || await ctx.newPage();
-  page.on("console", (m) => console.error("[page] " + m.text()));
-  await page.goto(url);
+  const { ctx, page } = await open(url);
   // A mark a reload would wipe.
   await page.evaluate(() => { window.__samePage = true; });
   let last = -1;

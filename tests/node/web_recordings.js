@@ -7,37 +7,12 @@
 //   STEP back-live                              "Back to live" plays live again
 //   STEP pinch <before> -> <after>              a two-finger pinch zooms the timeline
 // node web_recordings.js VIEWER_URL SCREENSHOT_PATH
-const fs = require("fs");
-const os = require("os");
-const path = require("path");
-const { chromium } = require("playwright-core");
+const { out, open, waitPlaying } = require("./browser");
 
 const [url, shot] = process.argv.slice(2);
-const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  "--autoplay-policy=no-user-gesture-required"];
-const out = (line) => new Promise((r) => process.stdout.write(line + "\n", r));
-
-// The page's status line starts with `prefix` and the video's clock moves.
-async function waitPlaying(page, prefix, timeoutMs) {
-  const t0 = Date.now();
-  let last = -1;
-  while (Date.now() - t0 < timeoutMs) {
-    const [status, t] = await page.evaluate(() => [document.getElementById("status").textContent,
-      document.getElementById("video").currentTime]);
-    if (status.startsWith(prefix) && last >= 0 && t > last) return status;
-    last = status.startsWith(prefix) ? t : -1;
-    await page.waitForTimeout(500);
-  }
-  throw new Error(`not "${prefix}" within ${timeoutMs} ms: ${await page.textContent("#status")} | ${await page.textContent("#details")}`);
-}
 
 (async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "camstream-chromium-"));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", headless: true, args });
-  const page = ctx.pages()[0] || await ctx.newPage();
-  page.on("console", (m) => console.error("[page] " + m.text()));
-  await page.goto(url);
+  const { ctx, page } = await open(url);
   await waitPlaying(page, "Live", 45000);
   await out("STEP live");
 

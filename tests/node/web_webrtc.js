@@ -13,18 +13,9 @@
 // default route): on loopback alone it gathers none.
 // node web_webrtc.js VIEWER_URL SCREENSHOT_PATH
 const dgram = require("dgram");
-const fs = require("fs");
-const os = require("os");
-const path = require("path");
-const { chromium } = require("playwright-core");
+const { out, open, variance: pictureVariance } = require("./browser");
 
 const [url, shot] = process.argv.slice(2);
-// Plain host candidates rather than mDNS names: the page sends no *.local candidate to the
-// media server (it could not resolve it).
-const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns"];
-const out = (line) => new Promise((r) => process.stdout.write(line + "\n", r));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Whether this UDP port on this address is free (the media server let go of it).
@@ -37,26 +28,26 @@ function udpFree(address, port) {
 }
 
 (async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "camstream-chromium-"));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", headless: true, args });
-  // The page's peer connections, to read their state and statistics from outside the page's code.
-  await ctx.addInitScript(() => {
-    const Native = window.RTCPeerConnection;
-    if (!Native) return;
-    window.camstreamPeerConnections = [];
-    window.RTCPeerConnection = class extends Native {
-      constructor(...a) { super(...a); window.camstreamPeerConnections.push(this); }
-    };
-  });
-  const page = ctx.pages()[0] || await ctx.newPage();
-  page.on("console", (m) => console.error("[page] " + m.text()));
   let whep = null;
-  page.on("response", async (r) => {
-    if (r.request().method() === "POST" && /\/whep$/.test(new URL(r.url()).pathname)) {
-      whep = { status: r.status(), location: r.headers()["location"] || null, url: r.url(), sdp: await r.text().catch(() => "") };
-    }
+  const { ctx, page } = await open(url, {
+    // Plain host candidates rather than mDNS names: the page sends no *.local candidate to the
+    // media server (it could not resolve it).
+    args: ["--disable-features=WebRtcHideLocalIpsWithMdns"],
+    // The page's peer connections, to read their state and statistics from outside its code.
+    init: () => {
+      const Native = window.RTCPeerConnection;
+      if (!Native) return;
+      window.camstreamPeerConnections = [];
+      window.RTCPeerConnection = class extends Native {
+        constructor(...a) { super(...a); window.camstreamPeerConnections.push(this); }
+      };
+    },
+    before: (page) => page.on("response", async (r) => {
+      if (r.request().method() === "POST" && /\/whep$/.test(new URL(r.url()).pathname)) {
+        whep = { status: r.status(), location: r.headers()["location"] || null, url: r.url(), sdp: await r.text().catch(() => "") };
+      }
+    }),
   });
-  await page.goto(url);
   const codecs = await page.evaluate(() => (RTCRtpReceiver.getCapabilities("video")?.codecs || [])
     .filter((c) => c.mimeType === "video/H264").map((c) => c.sdpFmtpLine.replace(/level-asymmetry-allowed=1;/, "")));
   await out("STEP codecs " + codecs.join(","));
@@ -106,21 +97,7 @@ function udpFree(address, port) {
     return { state: pc.connectionState, codec: codec.mimeType || null, framesDecoded: inbound.framesDecoded || 0,
       width: inbound.frameWidth || 0, remote: remote.address ? `${remote.address}:${remote.port} ${remote.protocol} ${remote.candidateType}` : null };
   });
-  const variance = await page.evaluate(() => {
-    const v = document.getElementById("video");
-    const c = document.createElement("canvas");
-    c.width = 160; c.height = 90;
-    const g = c.getContext("2d");
-    g.drawImage(v, 0, 0, 160, 90);
-    const d = g.getImageData(0, 0, 160, 90).data;
-    let sum = 0, sq = 0, n = 0;
-    for (let i = 0; i < d.length; i += 4) {
-      const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2];
-      sum += y; sq += y * y; n++;
-    }
-    const mean = sum / n;
-    return sq / n - mean * mean;
-  });
+  const variance = await pictureVariance(page);
   await page.screenshot({ path: shot });
   const details = await page.textContent("#details");
   await out("STEP webrtc " + JSON.stringify({ firstMs, shown, rtp, variance: Math.round(variance),
