@@ -26,7 +26,12 @@ async function open(url, { args = [], init, before, mode } = {}) {
   if (before) await before(page);
   await page.goto(url);
   if (mode) await page.selectOption("#mode", mode);
-  return { ctx, page };
+  // Closes the browser and removes its profile.
+  const close = async () => {
+    await ctx.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  return { ctx, page, close };
 }
 
 // The page's status starts with `prefix` and the video's clock moves; returns the status.
@@ -62,4 +67,17 @@ async function variance(page) {
   });
 }
 
-module.exports = { ARGS, out, open, waitPlaying, variance };
+// For WebRTC: plain host candidates rather than mDNS names (a media server cannot resolve
+// *.local), and the page's peer connections kept in window.camstreamPeerConnections so a test
+// can read their state and statistics from outside the page's code.
+const WEBRTC_ARGS = ["--disable-features=WebRtcHideLocalIpsWithMdns"];
+function keepPeerConnections() {
+  const Native = window.RTCPeerConnection;
+  if (!Native) return;
+  window.camstreamPeerConnections = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...a) { super(...a); window.camstreamPeerConnections.push(this); }
+  };
+}
+
+module.exports = { ARGS, WEBRTC_ARGS, keepPeerConnections, out, open, waitPlaying, variance };

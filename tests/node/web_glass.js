@@ -9,47 +9,14 @@
 // For WebRTC, run it where Chromium gathers ICE candidates (a network namespace with an address
 // and a default route): on loopback alone it gathers none and the page falls back to HLS.
 // node web_glass.js VIEWER_URL SECONDS MODE...
-const fs = require("fs");
-const os = require("os");
-const path = require("path");
-const { chromium } = require("playwright-core");
+const { WEBRTC_ARGS, keepPeerConnections, out, open, waitPlaying } = require("./browser");
 
 const [url, seconds, ...modes] = process.argv.slice(2);
-const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns"];
-const out = (line) => new Promise((r) => process.stdout.write(line + "\n", r));
-
-async function waitLive(page, timeoutMs) {
-  const t0 = Date.now();
-  let last = -1;
-  while (Date.now() - t0 < timeoutMs) {
-    const [status, t] = await page.evaluate(() => [document.getElementById("status").textContent,
-      document.getElementById("video").currentTime]);
-    if (status === "Live" && last >= 0 && t > last) return;
-    last = t;
-    await page.waitForTimeout(500);
-  }
-  throw new Error("not live within " + timeoutMs + " ms: " + await page.textContent("#status"));
-}
 
 async function measure(mode) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "camstream-chromium-"));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", headless: true, args });
+  const { page, close } = await open(`${url}&mode=${mode}&measure=1`, { args: WEBRTC_ARGS, init: keepPeerConnections });
   try {
-    // The page's peer connections, to read their state and statistics from outside the page.
-    await ctx.addInitScript(() => {
-      const Native = window.RTCPeerConnection;
-      if (!Native) return;
-      window.camstreamPeerConnections = [];
-      window.RTCPeerConnection = class extends Native {
-        constructor(...a) { super(...a); window.camstreamPeerConnections.push(this); }
-      };
-    });
-    const page = ctx.pages()[0] || await ctx.newPage();
-    page.on("console", (m) => console.error(`[page ${mode}] ` + m.text()));
-    await page.goto(`${url}&mode=${mode}&measure=1`);
-    await waitLive(page, 60000);
+    await waitPlaying(page, "Live", 60000);
     // The figures restart when the transport changes (WebRTC falling back to HLS): from here on.
     await page.waitForTimeout(1000 * Number(seconds));
     const g = await page.evaluate(() => window.camstreamGlass);
@@ -68,8 +35,7 @@ async function measure(mode) {
     await out(["STEP glass", mode, g.transport, g.samples, g.median_ms, g.p95_ms, g.min_ms, g.max_ms,
       g.decode_ms, g.misses, rtc, "|", details].join(" "));
   } finally {
-    await ctx.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await close();
   }
 }
 

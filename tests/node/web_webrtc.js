@@ -13,7 +13,7 @@
 // default route): on loopback alone it gathers none.
 // node web_webrtc.js VIEWER_URL SCREENSHOT_PATH
 const dgram = require("dgram");
-const { out, open, variance: pictureVariance } = require("./browser");
+const { WEBRTC_ARGS, keepPeerConnections, out, open, variance: pictureVariance } = require("./browser");
 
 const [url, shot] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -30,18 +30,8 @@ function udpFree(address, port) {
 (async () => {
   let whep = null;
   const { ctx, page } = await open(url, {
-    // Plain host candidates rather than mDNS names: the page sends no *.local candidate to the
-    // media server (it could not resolve it).
-    args: ["--disable-features=WebRtcHideLocalIpsWithMdns"],
-    // The page's peer connections, to read their state and statistics from outside its code.
-    init: () => {
-      const Native = window.RTCPeerConnection;
-      if (!Native) return;
-      window.camstreamPeerConnections = [];
-      window.RTCPeerConnection = class extends Native {
-        constructor(...a) { super(...a); window.camstreamPeerConnections.push(this); }
-      };
-    },
+    args: WEBRTC_ARGS,
+    init: keepPeerConnections,
     before: (page) => page.on("response", async (r) => {
       if (r.request().method() === "POST" && /\/whep$/.test(new URL(r.url()).pathname)) {
         whep = { status: r.status(), location: r.headers()["location"] || null, url: r.url(), sdp: await r.text().catch(() => "") };
