@@ -119,7 +119,7 @@ fn record_factory(
         );
     }
     factory.set_launch(&format!(
-        "( rtph264depay name=depay0 ! h264parse config-interval=-1 ! tee name=t \
+        "( rtph264depay name=depay0 ! h264parse name=parse config-interval=-1 ! tee name=t \
            t. ! queue ! hlssink2 target-duration=1 max-files=10 playlist-length=5 \
                 location=\"{seg}\" playlist-location=\"{pl}\" \
            t. ! queue leaky=downstream max-size-buffers=60 ! video/x-h264,stream-format=byte-stream,alignment=au \
@@ -144,6 +144,14 @@ fn record_factory(
             return;
         };
         println!("media-standin: push started on /channel/{id}");
+        if let Some(pad) = media
+            .element()
+            .downcast_ref::<gst::Bin>()
+            .and_then(|b| b.by_name("parse"))
+            .and_then(|e| e.static_pad("src"))
+        {
+            keep_time_moving(&pad);
+        }
         if let Ok(mut l) = live.lock() {
             *l.entry(id.clone()).or_default() += 1;
         }
@@ -179,7 +187,15 @@ fn record_factory(
                                 if src.caps().is_none() {
                                     src.set_caps(Some(&caps.to_owned()));
                                 }
-                                src.push_buffer(b.clone()).is_ok()
+                                match src.push_buffer(b.clone()) {
+                                    Ok(_) => true,
+                                    Err(e) => {
+                                        println!(
+                                            "media-standin: reader of /channel/{id} dropped: {e:?}"
+                                        );
+                                        false
+                                    }
+                                }
                             });
                         }
                     }
@@ -189,6 +205,36 @@ fn record_factory(
         );
     });
     factory
+}
+
+/// A pushed stream's timestamps come from the receiving jitterbuffer, which after a link
+/// outage gets the held-back frames in a burst and resets its clock skew: time can step back.
+/// hlssink2's splitmuxsink fails the whole push on that ("Queued GOP time is negative"), where
+/// a media server carries on. Streaming thread: each buffer's DTS (and PTS) is kept from going
+/// back.
+fn keep_time_moving(pad: &gst::Pad) {
+    let last = std::sync::Mutex::new(gst::ClockTime::ZERO);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buf)) = info.data.as_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(mut last) = last.lock() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let b = buf.make_mut();
+        let dts = b.dts().or(b.pts());
+        if let Some(dts) = dts {
+            let dts = dts.max(*last);
+            if b.dts().is_some() {
+                b.set_dts(dts);
+            }
+            if b.pts().is_some_and(|p| p < dts) {
+                b.set_pts(dts);
+            }
+            *last = dts;
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 fn read_factory(id: &str, readers: &Readers) -> gst_rtsp_server::RTSPMediaFactory {
