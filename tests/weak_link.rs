@@ -329,13 +329,15 @@ fn a_narrowing_link_keeps_a_watchable_picture_with_a_bounded_delay() {
         weak_delay < 1500.0,
         "on the weak link the picture's delay grew to {weak_delay:.0} ms:\n{text}"
     );
-    let worst = weak
+    // The narrowing itself leaves a few seconds of video in the link's queue and TCP's
+    // retransmissions (2 % loss); once that is out, no second may lag far behind.
+    let worst = window(&all, weak_at + 12, weak_at + 30)
         .iter()
         .filter_map(|s| s.delay_ms)
         .fold(0.0f64, f64::max);
     assert!(
         worst < 3000.0,
-        "delay reached {worst:.0} ms on the weak link:\n{text}"
+        "delay reached {worst:.0} ms on the weak link, 12 s after it narrowed:\n{text}"
     );
     assert_eq!(errors(&all), 0, "decoder errors at the reader:\n{text}");
     let end = &back[back.len().saturating_sub(10)..];
