@@ -145,7 +145,6 @@ fn run(spec: Spec, stop: &AtomicBool) {
             queued_ms: queued_ns / 1_000_000,
             unsent_bytes: t.notsent_bytes,
             rtt_us: t.rtt_us,
-            min_rtt_us: t.min_rtt_us,
             acked_bytes: t.acked_bytes,
         };
         let now = Instant::now();

@@ -26,9 +26,8 @@ pub struct Sample {
     pub queued_ms: u64,
     /// Bytes in the socket not sent yet.
     pub unsent_bytes: u32,
-    /// Smoothed round-trip time and the connection's lowest, µs (0: unknown).
+    /// Smoothed round-trip time, µs (0: unknown).
     pub rtt_us: u32,
-    pub min_rtt_us: u32,
     /// Bytes acknowledged since the connection opened.
     pub acked_bytes: u64,
 }
@@ -67,7 +66,7 @@ pub struct Rate {
     last_backlog: Option<u64>,
     /// (time, backlog ms, round-trip growth ms) over the last second: a keyframe is a burst
     /// that a clear link drains within a few hundred ms, a narrow one does not.
-    recent: VecDeque<(Instant, u64, u64)>,
+    recent: VecDeque<(Instant, (u64, u64))>,
     /// Round trips (µs) of the last `BASE_RTT_OVER`.
     rtts: VecDeque<(Instant, u32)>,
     /// The first sample.
@@ -138,14 +137,7 @@ impl Rate {
     /// Takes a sample made at `now`; returns the new bitrate when it changes.
     pub fn on_sample(&mut self, now: Instant, s: &Sample) -> Option<u32> {
         if s.acked_bytes > 0 {
-            self.acked.push_back((now, s.acked_bytes));
-            while self
-                .acked
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > THROUGHPUT_WINDOW)
-            {
-                self.acked.pop_front();
-            }
+            keep_last(&mut self.acked, now, s.acked_bytes, THROUGHPUT_WINDOW);
         }
         let backlog = self.backlog_ms(s);
         // The empty link's round trip: the least of the last few seconds, not the
@@ -153,46 +145,27 @@ impl Rate {
         // link's own delay changes (another cell, another radio mode) and a longer path is not
         // a fuller one. Sending below the link's width empties its queue within that while.
         if s.rtt_us > 0 {
-            self.rtts.push_back((now, s.rtt_us));
-            while self
-                .rtts
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > BASE_RTT_OVER)
-            {
-                self.rtts.pop_front();
-            }
+            keep_last(&mut self.rtts, now, s.rtt_us, BASE_RTT_OVER);
         }
-        let base_rtt_us = self
-            .rtts
-            .iter()
-            .map(|r| r.1)
-            .min()
-            .unwrap_or(0)
-            .max(s.min_rtt_us);
+        let base_rtt_us = self.rtts.iter().map(|r| r.1).min().unwrap_or(0);
         let rtt_growth_ms = if s.rtt_us > 0 && base_rtt_us > 0 {
             s.rtt_us.saturating_sub(base_rtt_us) as u64 / 1000
         } else {
             0
         };
         let since_change = self.last_change.map(|t| now.duration_since(t));
-        self.recent.push_back((now, backlog, rtt_growth_ms));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) > JUDGED_OVER)
-        {
-            self.recent.pop_front();
-        }
+        keep_last(&mut self.recent, now, (backlog, rtt_growth_ms), JUDGED_OVER);
         // Congested: the backlog or the round trip stayed high for the last half second (the
         // least of those samples is high). Clear: most of the last second was low.
         let lately = self
             .recent
             .iter()
-            .filter(|(t, _, _)| now.duration_since(*t) <= JUDGED_OVER / 2);
-        let (least_backlog, least_growth) =
-            lately.fold((u64::MAX, u64::MAX), |(b, g), s| (b.min(s.1), g.min(s.2)));
-        let mut backlogs: Vec<u64> = self.recent.iter().map(|s| s.1).collect();
-        let mut growths: Vec<u64> = self.recent.iter().map(|s| s.2).collect();
+            .filter(|(t, _)| now.duration_since(*t) <= JUDGED_OVER / 2);
+        let (least_backlog, least_growth) = lately.fold((u64::MAX, u64::MAX), |(b, g), s| {
+            (b.min(s.1 .0), g.min(s.1 .1))
+        });
+        let mut backlogs: Vec<u64> = self.recent.iter().map(|s| s.1 .0).collect();
+        let mut growths: Vec<u64> = self.recent.iter().map(|s| s.1 .1).collect();
         backlogs.sort_unstable();
         growths.sort_unstable();
         let typical_backlog = backlogs[backlogs.len() / 2];
@@ -266,6 +239,17 @@ impl Rate {
     }
 }
 
+/// Adds `(now, item)` to `q` and forgets what is older than `over`.
+fn keep_last<T>(q: &mut VecDeque<(Instant, T)>, now: Instant, item: T, over: Duration) {
+    q.push_back((now, item));
+    while q
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > over)
+    {
+        q.pop_front();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +283,6 @@ mod tests {
                 queued_ms: 0,
                 unsent_bytes: (*backlog_bits / 8.0) as u32,
                 rtt_us: 40_000,
-                min_rtt_us: 40_000,
                 acked_bytes: *acked,
             };
             if let Some(k) = rate.on_sample(*t, &s) {
@@ -375,7 +358,6 @@ mod tests {
         let mut t = Instant::now();
         let at = |rtt_ms: u32| Sample {
             rtt_us: rtt_ms * 1000,
-            min_rtt_us: 60_000,
             ..Default::default()
         };
         for _ in 0..20 {
@@ -408,7 +390,6 @@ mod tests {
                 t,
                 &Sample {
                     rtt_us: rtt_ms * 1000,
-                    min_rtt_us: 40_000,
                     ..Default::default()
                 },
             );

@@ -14,8 +14,6 @@ use nix::libc;
 pub struct Sample {
     /// Smoothed round-trip time, µs.
     pub rtt_us: u32,
-    /// The lowest round-trip time the connection has seen, µs (the empty link's).
-    pub min_rtt_us: u32,
     /// Bytes written but not yet acknowledged by the peer (sent or not).
     pub outq_bytes: u32,
     /// Of those, bytes not sent yet (the congestion window is full): waiting, not in flight.
@@ -98,7 +96,6 @@ pub fn sample(fd: RawFd) -> Option<Sample> {
     }
     Some(Sample {
         rtt_us: info.rtt,
-        min_rtt_us: info.min_rtt,
         outq_bytes: outq.max(0) as u32,
         notsent_bytes: info.notsent_bytes,
         acked_bytes: info.bytes_acked,
