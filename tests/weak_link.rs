@@ -209,7 +209,7 @@ retry_max_seconds = 2
 }
 
 impl Rig {
-    /// A reader of the pushed stream for `secs`, in the server's namespace.
+    /// A reader of the pushed stream for `secs`, in the server's namespace, once it reports.
     fn watch(&self, secs: u64) -> Peer {
         let mut c = self
             .link
@@ -219,7 +219,14 @@ impl Rig {
             self.path
         ))
         .arg(secs.to_string());
-        Peer::spawn(c)
+        let watch = Peer::spawn(c);
+        assert!(
+            watch
+                .wait_for("\"frames\"", Duration::from_secs(20))
+                .is_some(),
+            "the reader got nothing"
+        );
+        watch
     }
 
     /// Stops the device and checks the card: every frame captured is in the files, one frame
@@ -269,12 +276,6 @@ fn a_narrowing_link_keeps_a_watchable_picture_with_a_bounded_delay() {
         return;
     };
     let watch = rig.watch(75);
-    assert!(
-        watch
-            .wait_for("\"frames\"", Duration::from_secs(20))
-            .is_some(),
-        "the reader got nothing"
-    );
     let t0 = Instant::now();
     // Good for 12 s, weak for 30 s, then good again.
     std::thread::sleep(Duration::from_secs(12));
@@ -375,12 +376,6 @@ fn after_an_outage_the_uplink_comes_back_on_the_same_path() {
         return;
     };
     let watch = rig.watch(75);
-    assert!(
-        watch
-            .wait_for("\"frames\"", Duration::from_secs(20))
-            .is_some(),
-        "the reader got nothing"
-    );
     let now = || seconds(&watch).last().map(|s| s.t).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(8));
     let down_at = now();
@@ -515,12 +510,6 @@ fn with_an_encoder_of_its_own_the_recording_keeps_its_quality_and_the_uplink_its
         return;
     };
     let watch = rig.watch(70);
-    assert!(
-        watch
-            .wait_for("\"frames\"", Duration::from_secs(20))
-            .is_some(),
-        "the reader got nothing"
-    );
     std::thread::sleep(Duration::from_secs(10));
     let weak_at = seconds(&watch).last().map(|s| s.t).unwrap_or(0);
     rig.link.set_timeline("weak:25,good");
